@@ -1,0 +1,35 @@
+# vtlvisor: `make demo` and `make test` do everything on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: all venv guest demo test lint bench clean
+
+all: venv guest
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+guest:
+	$(MAKE) -C guest
+
+demo: venv guest
+	$(BIN)/vtlvisor run guest/build/testkernel.elf --timeout 120
+
+test: venv guest
+	$(BIN)/pytest -q -n 2 tests
+
+lint: venv
+	$(BIN)/ruff check src tests bench
+
+bench: venv guest
+	$(BIN)/python bench/run_bench.py
+
+clean:
+	$(MAKE) -C guest clean
+	rm -rf $(VENV) .pytest_cache

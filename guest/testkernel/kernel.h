@@ -1,0 +1,140 @@
+/* vtlvisor reference test kernel: shared declarations. */
+#ifndef TESTKERNEL_KERNEL_H
+#define TESTKERNEL_KERNEL_H
+
+/* Selectors (kernel GDT; layout chosen for SYSCALL/SYSRET). */
+#define SEL_KCODE 0x08
+#define SEL_KDATA 0x10
+#define SEL_UCODE32 0x18 /* STAR[63:48] base: SYSRET SS=base+8, CS=base+16 */
+#define SEL_UDATA 0x20
+#define SEL_UCODE 0x28
+#define SEL_TSS 0x30
+
+/* Interrupt vectors. */
+#define VEC_DF 8
+#define VEC_PF 14
+#define VEC_TIMER 0x20
+#define VEC_PIC_BASE 0x30 /* 8259 remapped here (and masked) */
+#define VEC_IST_TEST 0x41 /* software-only gate on IST1 (same IST as #DF) */
+#define VEC_SYSCALL_INT 0x80
+#define VEC_SPURIOUS 0xff
+#define VEC_SYSCALL_INSN 0x100 /* pseudo vector for frames built by syscall_entry */
+
+/* System call numbers (RAX; args RDI, RSI). */
+#define SYS_EXIT 0
+#define SYS_WRITE 1
+#define SYS_ADD 2
+
+/* User address space layout (PML4 slot 1; nothing else lives there). */
+#define USER_BASE 0x0000008000000000ull
+#define USER_TEXT_VA USER_BASE
+#define USER_STACK_VA (USER_BASE + 0x200000ull)
+#define USER_STACK_SIZE 0x4000ull
+#define USER_DATA_VA (USER_BASE + 0x400000ull)
+#define USER_END (USER_BASE + 0x800000ull)
+
+#define STACK_SIZE 0x4000
+#define DEMAND_BASE 0xffffc00000000000ull /* kernel demand-paged area */
+#define DEMAND_PAGES 16
+
+#ifndef __ASSEMBLER__
+#include "lib/cpuid.h"
+#include "lib/types.h"
+
+struct trapframe {
+    u64 r15, r14, r13, r12, r11, r10, r9, r8, rbp, rdi, rsi, rdx, rcx, rbx, rax;
+    u64 vector, error, rip, cs, rflags, rsp, ss;
+};
+
+struct kjmp {
+    u64 rbx, rbp, r12, r13, r14, r15, rsp, rip;
+};
+int k_setjmp(struct kjmp *j) __attribute__((returns_twice));
+NORETURN void k_longjmp(struct kjmp *j, int val);
+
+/* entry.S */
+extern char isr_stubs[]; /* 256 stubs, 16 bytes each */
+void syscall_entry(void);
+NORETURN void enter_user(u64 rip, u64 rsp, u64 arg);
+
+/* user.S (ring-3 programs, in .utext) */
+extern char user_prog_syscall[], user_prog_exit_int80[], user_prog_read_kernel[], user_prog_ud2[],
+    user_prog_hlt[], user_prog_sgdt[], user_ret_stub[], user_msg_syscall[];
+
+/* linker symbols */
+extern char __kernel_start[], __text_end[], __rodata_end[], __utext_start[], __utext_end[], __data_start[],
+    __kernel_end[];
+
+/* desc.c */
+extern char rsp0_stack[], ist1_stack[];
+#define RSP0_TOP ((u64)rsp0_stack + STACK_SIZE)
+#define IST1_TOP ((u64)ist1_stack + STACK_SIZE)
+extern u64 syscall_kstack_top;
+void desc_init(void);
+u8 idt_gate_ist(int vec);
+
+/* mm.c */
+#define PTE_P (1ull << 0)
+#define PTE_W (1ull << 1)
+#define PTE_U (1ull << 2)
+#define PTE_PWT (1ull << 3)
+#define PTE_PCD (1ull << 4)
+#define PTE_PS (1ull << 7)
+#define PTE_NX (1ull << 63)
+#define PTE_ADDR 0x000ffffffffff000ull
+extern u64 ram_top;
+void mm_init(u64 ram_top_bytes);
+u64 page_alloc(void); /* zeroed 4 KiB page, identity mapped */
+void map_page(u64 va, u64 pa, u64 flags);
+u64 *pte_lookup(u64 va);
+u64 user_va(const void *utext_sym);
+
+/* trap.c */
+struct fault_record {
+    volatile u64 count, vector, error, rip, cr2, cs, frame;
+};
+extern struct fault_record last_fault; /* expected kernel-mode exceptions */
+extern volatile u64 timer_ticks, spurious_count, pic_count, demand_faults;
+extern volatile u64 ist_test_frame, ist_test_rsp;
+extern volatile u64 exec_fault_target; /* kernel #PF at this RIP: emulate "ret" */
+extern volatile bool df_armed;
+extern volatile u64 df_frame, df_error, df_resume_rip, df_resume_rsp;
+extern struct kjmp test_jmp;
+extern volatile bool test_active;
+extern const char *volatile current_test;
+void trap_dispatch(struct trapframe *tf);
+
+/* Result of running a user program. */
+enum user_result { USER_EXITED = 1, USER_KILLED = 2 };
+struct user_run {
+    int result;
+    u64 exit_code, exit_via; /* exit_via: VEC_SYSCALL_INSN or VEC_SYSCALL_INT */
+    u64 vector, error, cr2, rip, cs, frame;
+    u64 n_syscall, n_int80;
+};
+extern struct user_run user_run_info;
+int run_user(const void *entry_sym, u64 arg);
+
+/* main.c */
+extern struct cpu_features cpu;
+extern bool smap_on, smep_on, umip_on, nx_on;
+void fail_count_inc(void);
+
+/* tests.c */
+struct test {
+    const char *name;
+    /* returns 1 = pass, 0 = fail (detail in buf), -1 = skip (reason in buf) */
+    int (*fn)(char *detail, size_t n);
+};
+extern const struct test tests[];
+extern const size_t n_tests;
+
+/* Fixup table: "1:" faulting insn, "2:" continuation. */
+struct fixup {
+    u64 insn, cont;
+};
+extern const struct fixup __fixup_start[], __fixup_end[];
+#define FIXUP_ENTRY(from, to) ".pushsection .fixup_table, \"a\"\n.balign 8\n.quad " from ", " to "\n.popsection\n"
+#endif
+
+#endif

@@ -1,0 +1,155 @@
+"""Command line: ``vtlvisor run IMAGE ...`` and ``vtlvisor trace summary FILE``.
+
+User errors (missing file, malformed image, bad option) print one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import sys
+import threading
+
+from .errors import VtlvisorError
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:   # one line, status 2, no usage dump
+        sys.stderr.write(f"vtlvisor: error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def parse_size(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+)\s*([kKmMgG]?)(i?[bB])?\s*", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r} (examples: 128M, 1G, 65536)")
+    n = int(m.group(1))
+    unit = m.group(2).upper()
+    if not unit and not m.group(3):
+        unit = "M" if n < 65536 else ""   # QEMU's -m takes MiB by default
+    return n << {"": 0, "K": 10, "M": 20, "G": 30}[unit]
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if v <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return v
+
+
+def _module(text: str) -> tuple[str, str]:
+    path, _, args = text.partition(",")
+    if not path:
+        raise argparse.ArgumentTypeError("--module needs FILE[,ARGS]")
+    return path, args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="vtlvisor", description="A hypervisor for virtualization-based security research.")
+    p.add_argument("-v", "--verbose", action="count", default=0)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    r = sub.add_parser("run", help="boot a Multiboot or ELF64 image")
+    r.add_argument("image")
+    r.add_argument("--memory", "-m", type=parse_size, default=128 << 20, metavar="SIZE")
+    r.add_argument("--serial", metavar="FILE", help="write COM1 output to FILE instead of stdout")
+    r.add_argument("--append", default="", metavar="CMDLINE", help="kernel command line")
+    r.add_argument("--module", action="append", type=_module, default=[], metavar="FILE[,ARGS]")
+    r.add_argument("--trace", metavar="FILE", help="write a Chrome/Perfetto trace JSON")
+    r.add_argument("--timeout", type=_positive_float, metavar="SECONDS")
+    r.add_argument("--report", metavar="FILE", help="write the stop report to FILE as well")
+    t = sub.add_parser("trace", help="inspect trace files")
+    tsub = t.add_subparsers(dest="trace_command", required=True, parser_class=_Parser)
+    s = tsub.add_parser("summary")
+    s.add_argument("file")
+    return p
+
+
+def _stdin_pump(uart) -> None:
+    try:
+        stream = sys.stdin.buffer
+    except AttributeError:
+        return
+    while True:
+        try:
+            data = stream.read1(256)
+        except (OSError, ValueError):
+            return
+        if not data:
+            return
+        uart.feed(data)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .hv.partition import Partition, PartitionConfig
+    from .hv.stop import StopReason
+    from .trace import ChromeTracer
+
+    serial_file = None
+    if args.serial:
+        try:
+            serial_file = open(args.serial, "wb")   # noqa: SIM115
+        except OSError as e:
+            raise VtlvisorError(f"cannot open serial output '{args.serial}': {e.strerror}") from None
+
+    def to_stdout(b: bytes) -> None:
+        sys.stdout.buffer.write(b)
+        sys.stdout.buffer.flush()
+
+    tracer = None
+    cfg = PartitionConfig(memory=args.memory, serial=serial_file or to_stdout)
+    part = Partition(cfg)
+    if args.trace:
+        tracer = ChromeTracer(part.clock.now)
+        part.vcpu.hooks.trace = tracer
+        part.config.trace = tracer
+    part.boot_image(args.image, cmdline=args.append, modules=args.module)
+    if sys.stdin is not None and not sys.stdin.closed:
+        threading.Thread(target=_stdin_pump, args=(part.platform.uart,), daemon=True).start()
+    result = part.run(timeout=args.timeout)
+    part.platform.uart.flush() if hasattr(part.platform.uart, "flush") else None
+    if serial_file:
+        serial_file.close()
+    if tracer and args.trace:
+        tracer.write(args.trace)
+    if result.reason is not StopReason.DEBUG_EXIT:
+        report = f"vtlvisor: guest stopped: {result.reason.value}: {result.detail}\n"
+        if result.reason not in (StopReason.POWER_OFF, StopReason.HOST_REQUEST):
+            report += part.vcpu.state_dump() + "\n"
+        sys.stderr.write(report)
+        if args.report:
+            with open(args.report, "w") as f:
+                f.write(report)
+    return result.exit_status
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING - 10 * min(args.verbose, 2),
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "run":
+            return cmd_run(args)
+        if args.command == "trace":
+            from .trace import summarize
+            try:
+                print(summarize(args.file))
+            except (OSError, ValueError) as e:
+                raise VtlvisorError(f"cannot read trace '{args.file}': {e}") from None
+            return 0
+    except VtlvisorError as e:
+        sys.stderr.write(f"vtlvisor: error: {e}\n")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

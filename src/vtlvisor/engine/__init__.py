@@ -1,0 +1,1 @@
+"""The CPU engine: the only package that imports Unicorn."""

@@ -1,0 +1,495 @@
+"""The x86-64 CPU engine: one Unicorn instance held in emulated AMD-SVM guest mode.
+
+Why SVM guest mode: Unicorn still carries QEMU's SVM intercept checks, and because it never performs
+the #VMEXIT world switch, each intercepted event reaches ``UC_HOOK_INTR`` as ``0x100 + exit code``
+with RIP at the instruction and the CPU still in guest mode: VM exits with no per-instruction cost.
+Nested paging gives a real second stage. This module is the only one that imports Unicorn; the
+hypervisor talks to it through plain integers and ``Segment`` tuples.
+
+Physical address space of the engine ("host physical"):
+  [0, ram)                    guest RAM (a GuestMemory buffer, mapped once)
+  MMIO windows                Unicorn MMIO regions calling back into the device buses
+  HYP_BASE..                  the hypervisor's private region: VMRUN stub, VMCB, host save area,
+                              MSR/IO permission maps, nested page tables. No NPT entry points here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import mmap
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import unicorn
+from unicorn import UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, Uc, UcError
+from unicorn import unicorn_const as ucc
+from unicorn import x86_const as X
+
+from ..errors import EngineMismatch
+from ..memory import GuestMemory
+from ..x86.arch import EFER, MSR
+from ..x86.svm import IOPM_SIZE, MSRPM_RANGES, MSRPM_SIZE, SvmExit, Vmcb, intercept_bit
+from . import unicorn_internals as ui
+from .npt import LEAF_RWX, NestedPageTable
+
+log = logging.getLogger(__name__)
+
+HYP_BASE = 0x10_0000_0000      # 64 GiB: above any guest RAM we allow, inside 52-bit physical space
+_VMCB, _HSAVE, _STUB, _CPUID_STUB = 0x0000, 0x1000, 0x2000, 0x2100
+_MSRPM, _IOPM = 0x4000, 0x8000
+_POOL = 0x10000
+
+#: general-purpose registers by architectural number (ModRM order)
+GPR = (X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RBX, X.UC_X86_REG_RSP,
+       X.UC_X86_REG_RBP, X.UC_X86_REG_RSI, X.UC_X86_REG_RDI, X.UC_X86_REG_R8, X.UC_X86_REG_R9,
+       X.UC_X86_REG_R10, X.UC_X86_REG_R11, X.UC_X86_REG_R12, X.UC_X86_REG_R13, X.UC_X86_REG_R14,
+       X.UC_X86_REG_R15)
+GPR_NAMES = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+REG = {name: GPR[i] for i, name in enumerate(GPR_NAMES)}
+REG.update(rip=X.UC_X86_REG_RIP, rflags=X.UC_X86_REG_RFLAGS, cr0=X.UC_X86_REG_CR0,
+           cr2=X.UC_X86_REG_CR2, cr3=X.UC_X86_REG_CR3, cr4=X.UC_X86_REG_CR4,
+           dr0=X.UC_X86_REG_DR0, dr1=X.UC_X86_REG_DR1, dr2=X.UC_X86_REG_DR2, dr3=X.UC_X86_REG_DR3,
+           dr6=X.UC_X86_REG_DR6, dr7=X.UC_X86_REG_DR7)
+#: segment register index in QEMU's segs[] (ES, CS, SS, DS, FS, GS)
+SEG_INDEX = {"es": 0, "cs": 1, "ss": 2, "ds": 3, "fs": 4, "gs": 5}
+_TABLE_OFF = {"ldtr": ui.ENV_LDT, "tr": ui.ENV_TR, "gdtr": ui.ENV_GDT, "idtr": ui.ENV_IDT}
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A segment register with its hidden part. ``flags`` is the descriptor's high dword bits 8-23
+    (type, S, DPL, P, AVL, L, D/B, G) in place, as QEMU and the SDM lay them out."""
+
+    selector: int
+    base: int
+    limit: int
+    flags: int
+
+    @property
+    def dpl(self) -> int:
+        return (self.flags >> 13) & 3
+
+    @property
+    def attrib(self) -> int:
+        """VMCB 12-bit attribute encoding."""
+        return ((self.flags >> 8) & 0xFF) | ((self.flags >> 12) & 0xF00)
+
+
+CODE64 = Segment(0x08, 0, 0xFFFFFFFF, 0x00A09B00)
+DATA = Segment(0x10, 0, 0xFFFFFFFF, 0x00C09300)
+CODE32 = Segment(0x08, 0, 0xFFFFFFFF, 0x00C09B00)
+
+
+@dataclass
+class InitialState:
+    """What the loader asks for at entry (segments, control registers, GPRs)."""
+
+    rip: int
+    rsp: int
+    rflags: int = 0x2
+    cr0: int = 0x11
+    cr3: int = 0
+    cr4: int = 0
+    efer: int = 0
+    cs: Segment = CODE32
+    ds: Segment = Segment(0x10, 0, 0xFFFFFFFF, 0x00C09300)
+    gdtr: tuple[int, int] = (0, 0)      # base, limit
+    idtr: tuple[int, int] = (0, 0x3FF)
+    gprs: dict[str, int] | None = None
+    pat: int = 0x0007040600070406
+
+
+class Engine:
+    """One vCPU's execution engine. All methods run on the vCPU thread except ``kick()``."""
+
+    def __init__(self, memory: GuestMemory, mmio: list[tuple[int, int]] | None = None,
+                 mmio_read: Callable[[int, int], int] | None = None,
+                 mmio_write: Callable[[int, int, int], None] | None = None) -> None:
+        if memory.size > 0xC000_0000:
+            raise ValueError("guest RAM above 3 GiB is not supported (the PCI/APIC hole)")
+        self.memory = memory
+        uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        uc.ctl_set_cpu_model(X.UC_CPU_X86_EPYC)   # SMEP, SMAP, NX, 1 GiB pages and SVM
+        self.layout = ui.verify(uc)
+        self.uc = uc
+        uc.mem_map_ptr(0, memory.size, UC_PROT_ALL, memory.host_address)
+        # private region: sized for the NPT of all RAM plus room for more roots (VTLs)
+        pt_pages = (memory.size >> 21) + 64
+        self._hyp_size = _POOL + (pt_pages * 4 + 64) * 0x1000
+        self._hyp = mmap.mmap(-1, self._hyp_size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        self._hyp_c = (ctypes.c_char * self._hyp_size).from_buffer(self._hyp)
+        self.hyp = memoryview(self._hyp)
+        uc.mem_map_ptr(HYP_BASE, self._hyp_size, UC_PROT_ALL, ctypes.addressof(self._hyp_c))
+        self._pool_next = HYP_BASE + _POOL
+        self.env = ui.EnvBlob(uc)
+        self._mmio = list(mmio or [])
+        self._mmio_read = mmio_read
+        self._mmio_write = mmio_write
+        self._hooks: list[int] = []
+        self._keep: list[object] = []   # keep ctypes callbacks alive
+        self.cpuid_table = self._probe_cpuid()
+        self.npt: NestedPageTable | None = None
+        self.intercept = 0
+        self.in_guest_mode = False
+        self._stop_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ private region
+    def alloc_page(self) -> int:
+        hpa = self._pool_next
+        if hpa + 0x1000 > HYP_BASE + self._hyp_size:
+            raise MemoryError("hypervisor private region exhausted")
+        self._pool_next += 0x1000
+        off = hpa - HYP_BASE
+        self.hyp[off:off + 0x1000] = bytes(0x1000)
+        return hpa
+
+    def new_npt(self) -> NestedPageTable:
+        return NestedPageTable(self.hyp, HYP_BASE, self.alloc_page)
+
+    def _hyp_write(self, off: int, data: bytes) -> None:
+        self.hyp[off:off + len(data)] = data
+
+    def _vmcb_u64(self, field: int) -> int:
+        return struct.unpack_from("<Q", self.hyp, _VMCB + field)[0]
+
+    def exit_info_2(self) -> int:
+        return self._vmcb_u64(Vmcb.EXIT_INFO_2)
+
+    # ------------------------------------------------------------------ CPUID of the engine
+    def _probe_cpuid(self) -> dict[tuple[int, int], tuple[int, int, int, int]]:
+        """Run CPUID natively (host mode, before VMRUN) for the leaves we may advertise, so the
+        guest's CPUID describes exactly what the engine executes."""
+        uc = self.uc
+        self._hyp_write(_CPUID_STUB, b"\x0f\xa2\xf4")    # cpuid; hlt
+        out: dict[tuple[int, int], tuple[int, int, int, int]] = {}
+
+        def run(leaf: int, sub: int) -> tuple[int, int, int, int]:
+            uc.reg_write(X.UC_X86_REG_RAX, leaf)
+            uc.reg_write(X.UC_X86_REG_RCX, sub)
+            uc.emu_start(HYP_BASE + _CPUID_STUB, 0, count=2)
+            return tuple(uc.reg_read(r) & 0xFFFFFFFF for r in (
+                X.UC_X86_REG_RAX, X.UC_X86_REG_RBX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX))
+
+        max_basic = run(0, 0)[0]
+        for leaf in range(0, min(max_basic, 0x1F) + 1):
+            subs = range(0, 4) if leaf in (4, 7, 0xB, 0xD) else (0,)
+            for sub in subs:
+                out[(leaf, sub)] = run(leaf, sub)
+        max_ext = run(0x80000000, 0)[0]
+        for leaf in range(0x80000000, min(max_ext, 0x80000020) + 1):
+            out[(leaf, 0)] = run(leaf, 0)
+        return out
+
+    # ------------------------------------------------------------------ entering guest mode
+    def set_msr_intercept_all(self) -> None:
+        """Every RDMSR/WRMSR exits: the hypervisor owns the MSR space (pins, locks, #GP on unknown)."""
+        self._hyp_write(_MSRPM, b"\xff" * MSRPM_SIZE)
+
+    def msrpm_clear(self, msr: int, read: bool = True, write: bool = True) -> None:
+        """Let one MSR pass to the engine without an exit (used for hot MSRs the guest may own)."""
+        for first, byte_off in MSRPM_RANGES:
+            if first <= msr < first + 0x2000:
+                bit = (msr - first) * 2
+                off = _MSRPM + byte_off + bit // 8
+                cur = self.hyp[off]
+                if read:
+                    cur &= ~(1 << (bit % 8))
+                if write:
+                    cur &= ~(2 << (bit % 8))
+                self.hyp[off] = cur
+                return
+
+    def enter_guest(self, st: InitialState, npt: NestedPageTable, *, intercept: int,
+                    cr_read: int, cr_write: int, exceptions: int) -> None:
+        """Fill the VMCB from ``st`` and execute ``vmrun`` from a host stub, once.
+
+        The host state must have CR4.PAE, EFER.LMA and EFER.NXE so that QEMU walks the nested tables
+        in 4-level long-mode format with NX (it derives nested_pg_mode from the *host* at VMRUN)."""
+        uc = self.uc
+        self.npt = npt
+        self.set_msr_intercept_all()
+        self._hyp_write(_IOPM, b"\xff" * IOPM_SIZE)
+        v = _VMCB
+
+        def w(field: int, fmt: str, *vals: int) -> None:
+            struct.pack_into(fmt, self.hyp, v + field, *vals)
+
+        w(Vmcb.INTERCEPT_CR_READ, "<HHHHIQ", cr_read, cr_write, 0, 0, exceptions, intercept)
+        w(Vmcb.IOPM_BASE_PA, "<QQ", HYP_BASE + _IOPM, HYP_BASE + _MSRPM)
+        w(Vmcb.ASID, "<I", 1)
+        w(Vmcb.TLB_CONTROL, "<B", 1)
+        w(Vmcb.NESTED_CTL, "<Q", 1)
+        w(Vmcb.NESTED_CR3, "<Q", npt.root)
+
+        def seg(field: int, s: Segment) -> None:
+            w(field, "<HHIQ", s.selector, s.attrib, s.limit, s.base)
+
+        seg(Vmcb.SAVE_CS, st.cs)
+        for f in (Vmcb.SAVE_ES, Vmcb.SAVE_SS, Vmcb.SAVE_DS, Vmcb.SAVE_FS, Vmcb.SAVE_GS):
+            seg(f, st.ds)
+        w(Vmcb.SAVE_GDTR, "<HHIQ", 0, 0, st.gdtr[1], st.gdtr[0])
+        w(Vmcb.SAVE_IDTR, "<HHIQ", 0, 0, st.idtr[1], st.idtr[0])
+        seg(Vmcb.SAVE_LDTR, Segment(0, 0, 0xFFFF, 0x8200))
+        seg(Vmcb.SAVE_TR, Segment(0, 0, 0xFFFF, 0x8B00))
+        # VMRUN requires EFER.SVME in the guest image; it is hidden from the guest (see MSR/CPUID).
+        w(Vmcb.SAVE_EFER, "<Q", st.efer | EFER.SVME)
+        w(Vmcb.SAVE_CR4, "<Q", st.cr4)
+        w(Vmcb.SAVE_CR3, "<Q", st.cr3)
+        w(Vmcb.SAVE_CR0, "<Q", st.cr0)
+        w(Vmcb.SAVE_DR7, "<Q", 0x400)
+        w(Vmcb.SAVE_DR6, "<Q", 0xFFFF0FF0)
+        w(Vmcb.SAVE_RFLAGS, "<Q", st.rflags)
+        w(Vmcb.SAVE_RIP, "<Q", st.rip)
+        w(Vmcb.SAVE_RSP, "<Q", st.rsp)
+        w(Vmcb.SAVE_RAX, "<Q", (st.gprs or {}).get("rax", 0))
+        w(Vmcb.SAVE_G_PAT, "<Q", st.pat)
+        self._hyp_write(_STUB, b"\x0f\x01\xd8\xf4")       # vmrun ; hlt
+        uc.reg_write(X.UC_X86_REG_CR4, 1 << 5)
+        uc.msr_write(MSR.IA32_EFER, EFER.LME | EFER.LMA | EFER.NXE | EFER.SVME)
+        uc.msr_write(MSR.VM_HSAVE_PA, HYP_BASE + _HSAVE)
+        uc.reg_write(X.UC_X86_REG_RAX, HYP_BASE + _VMCB)
+        stop = uc.hook_add(ucc.UC_HOOK_CODE, lambda u, a, s, d: u.emu_stop(), None, st.rip, st.rip)
+        try:
+            uc.emu_start(HYP_BASE + _STUB, 0)
+        finally:
+            uc.hook_del(stop)
+        if uc.reg_read(X.UC_X86_REG_RIP) != st.rip:
+            raise EngineMismatch("VMRUN did not reach the guest entry point; refusing to run")
+        self.env.pull()
+        ui.verify_guest_mode(self.env, HYP_BASE + _VMCB, npt.root, intercept)
+        self.intercept = intercept
+        self.in_guest_mode = True
+        for name, value in (st.gprs or {}).items():
+            uc.reg_write(REG[name], value)
+
+    def map_mmio(self) -> None:
+        for base, size in self._mmio:
+            self.uc.mmio_map(base, size, self._on_mmio_read, None, self._on_mmio_write, None)
+
+    def _on_mmio_read(self, uc: Uc, offset: int, size: int, base: int) -> int:
+        return self._mmio_read(offset, size) if self._mmio_read else (1 << (8 * size)) - 1
+
+    def _on_mmio_write(self, uc: Uc, offset: int, size: int, value: int, base: int) -> None:
+        if self._mmio_write:
+            self._mmio_write(offset, size, value)
+
+    def add_mmio(self, base: int, size: int, read: Callable[[int, int], int],
+                 write: Callable[[int, int, int], None]) -> None:
+        """Map an MMIO window in the engine's physical space; the NPT must map it too."""
+        self.uc.mmio_map(base, size, lambda u, off, sz, d: read(base + off, sz), None,
+                         lambda u, off, sz, val, d: write(base + off, sz, val), None)
+
+    # ------------------------------------------------------------------ hooks
+    def on_exit(self, cb: Callable[[int], None]) -> None:
+        """``cb(intno)``: intno >= 0x100 is an SVM exit (0x100 + code); below is a raw exception."""
+        self._hooks.append(self.uc.hook_add(ucc.UC_HOOK_INTR, lambda u, intno, d: cb(intno)))
+
+    def on_invalid(self, cb: Callable[[], bool]) -> None:
+        self._hooks.append(self.uc.hook_add(ucc.UC_HOOK_INSN_INVALID, lambda u, d: cb()))
+
+    def on_io(self, read: Callable[[int, int], int], write: Callable[[int, int, int], None]) -> None:
+        """Port I/O. Unicorn compiles out the SVM IOIO intercept, so IN/OUT arrive as insn hooks
+        (RIP at the instruction while the hook runs)."""
+        self._hooks.append(self.uc.hook_add(ucc.UC_HOOK_INSN, lambda u, port, size, d: read(port, size),
+                                            None, 1, 0, X.UC_X86_INS_IN))
+        self._hooks.append(self.uc.hook_add(
+            ucc.UC_HOOK_INSN, lambda u, port, size, value, d: write(port, size, value),
+            None, 1, 0, X.UC_X86_INS_OUT))
+
+    def on_syscall(self, cb: Callable[[str], None]) -> None:
+        """SYSCALL/SYSENTER: Unicorn runs the hooks *instead of* the transition, then adds the
+        instruction length to RIP. The callback stops the engine; the transition is emulated."""
+        self._hooks.append(self.uc.hook_add(ucc.UC_HOOK_INSN, lambda u, d: cb("syscall"),
+                                            None, 1, 0, X.UC_X86_INS_SYSCALL))
+        self._hooks.append(self.uc.hook_add(ucc.UC_HOOK_INSN, lambda u, d: cb("sysenter"),
+                                            None, 1, 0, X.UC_X86_INS_SYSENTER))
+
+    def add_code_hook(self, cb: Callable[[int], None], begin: int, end: int) -> int:
+        h = self.uc.hook_add(ucc.UC_HOOK_CODE, lambda u, addr, size, d: cb(addr), None, begin, end)
+        return h
+
+    def del_hook(self, h: int) -> None:
+        self.uc.hook_del(h)
+
+    # ------------------------------------------------------------------ running
+    def run(self, count: int = 0) -> str | None:
+        """Run from the current RIP until stopped. Returns None, or an error string from the engine
+        (which the hypervisor turns into a shutdown report; it never propagates)."""
+        rip = self.uc.reg_read(X.UC_X86_REG_RIP)
+        try:
+            self.uc.emu_start(rip, 0, count=count)
+        except UcError as e:
+            return str(e)
+        return None
+
+    def stop(self) -> None:
+        """Thread-safe: make ``run`` return as soon as possible."""
+        self.uc.emu_stop()
+
+    # ------------------------------------------------------------------ registers
+    def reg(self, name: str) -> int:
+        return self.uc.reg_read(REG[name])
+
+    def set_reg(self, name: str, value: int) -> None:
+        self.uc.reg_write(REG[name], value & 0xFFFFFFFFFFFFFFFF)
+
+    def gpr(self, n: int) -> int:
+        return self.uc.reg_read(GPR[n])
+
+    def set_gpr(self, n: int, value: int) -> None:
+        self.uc.reg_write(GPR[n], value & 0xFFFFFFFFFFFFFFFF)
+
+    @property
+    def rip(self) -> int:
+        return self.uc.reg_read(X.UC_X86_REG_RIP)
+
+    @rip.setter
+    def rip(self, value: int) -> None:
+        self.uc.reg_write(X.UC_X86_REG_RIP, value)
+
+    def segment(self, name: str) -> Segment:
+        """Read a segment register or table register with its hidden part (from the env blob)."""
+        self.env.pull()
+        if name in SEG_INDEX:
+            return Segment(*self.env.seg(SEG_INDEX[name]))
+        o = _TABLE_OFF[name]
+        return Segment(self.env.u32(o) & 0xFFFF, self.env.u64(o + 8), self.env.u32(o + 16),
+                       self.env.u32(o + 20))
+
+    def set_segments(self, segs: dict[str, Segment]) -> None:
+        """Load segment registers with their hidden parts; recomputes CPL/CS64 like a far transfer."""
+        env = self.env
+        env.pull()
+        for name, s in segs.items():
+            if name in SEG_INDEX:
+                env.set_seg(SEG_INDEX[name], s.selector, s.base, s.limit, s.flags)
+            else:
+                o = _TABLE_OFF[name]
+                env.set32(o, s.selector)
+                env.set64(o + 8, s.base)
+                env.set32(o + 16, s.limit)
+                env.set32(o + 20, s.flags)
+        env.recompute_seg_hflags()
+        env.push()
+
+    def cpl(self) -> int:
+        self.env.pull()
+        return self.env.u32(ui.ENV_HFLAGS) & ui.HF_CPL_MASK
+
+    def hflags(self) -> int:
+        self.env.pull()
+        return self.env.u32(ui.ENV_HFLAGS)
+
+    def interrupt_shadow(self) -> bool:
+        return bool(self.hflags() & ui.HF_INHIBIT_IRQ_MASK)
+
+    def clear_interrupt_shadow(self) -> None:
+        env = self.env
+        env.pull()
+        env.set32(ui.ENV_HFLAGS, env.u32(ui.ENV_HFLAGS) & ~ui.HF_INHIBIT_IRQ_MASK)
+        env.push()
+
+    def long_mode_active(self) -> bool:
+        return bool(self.hflags() & ui.HF_LMA_MASK)
+
+    def code64(self) -> bool:
+        return bool(self.hflags() & ui.HF_CS64_MASK)
+
+    def exit_info_1(self) -> int:
+        """SVM exit_info_1 / the pending exception's error code (env->error_code)."""
+        self.env.pull()
+        return self.env.u32(ui.ENV_ERROR_CODE)
+
+    def ack_exception(self) -> None:
+        self.env.pull()
+        self.env.ack_exception()
+        self.env.push()
+
+    def set_cpl_hflags(self, cpl: int) -> None:
+        env = self.env
+        env.pull()
+        env.set32(ui.ENV_HFLAGS, (env.u32(ui.ENV_HFLAGS) & ~ui.HF_CPL_MASK) | (cpl & 3))
+        env.push()
+
+    # ------------------------------------------------------------------ MSRs
+    def msr_read(self, msr: int) -> int:
+        """Read an engine MSR. In guest mode QEMU's RDMSR helper would take the (intercepted)
+        #VMEXIT longjmp outside the CPU loop and crash, so leave guest mode around the access."""
+        with self._host_mode():
+            return self.uc.msr_read(msr)
+
+    def msr_write(self, msr: int, value: int) -> None:
+        with self._host_mode():
+            self.uc.msr_write(msr, value)
+
+    def _host_mode(self) -> _HostMode:
+        return _HostMode(self)
+
+    # ------------------------------------------------------------------ intercept control
+    def set_intercept(self, code: SvmExit, enabled: bool) -> None:
+        bit = intercept_bit(code)
+        self.intercept = (self.intercept | bit) if enabled else (self.intercept & ~bit)
+        self.env.pull()
+        self.env.set64(ui.ENV_INTERCEPT, self.intercept)
+        self.env.push()
+
+    def set_cr_write_intercepts(self, mask: int) -> None:
+        self.env.pull()
+        self.env.set16(ui.ENV_INTERCEPT_CR_WRITE, mask)
+        self.env.push()
+
+    def set_nested_cr3(self, root: int) -> None:
+        self.env.pull()
+        self.env.set64(ui.ENV_NESTED_CR3, root)
+        self.env.push()
+        self.flush_tlb()
+
+    def nested_cr3(self) -> int:
+        self.env.pull()
+        return self.env.u64(ui.ENV_NESTED_CR3)
+
+    # ------------------------------------------------------------------ coherence
+    def flush_tlb(self) -> None:
+        self.uc.ctl(ucc.UC_CTL_TLB_FLUSH, ucc.UC_CTL_IO_WRITE)
+
+    def flush_tb(self) -> None:
+        self.uc.ctl_flush_tb()
+
+    def close(self) -> None:
+        for h in self._hooks:
+            try:
+                self.uc.hook_del(h)
+            except UcError:
+                pass
+        self._hooks.clear()
+
+
+class _HostMode:
+    """Context manager: clear HF_GUEST_MASK for an engine-internal helper call, then restore it."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.e = engine
+
+    def __enter__(self) -> None:
+        env = self.e.env
+        env.pull()
+        env.set32(ui.ENV_HFLAGS, env.u32(ui.ENV_HFLAGS) & ~ui.HF_GUEST_MASK)
+        env.push()
+
+    def __exit__(self, *exc: object) -> None:
+        env = self.e.env
+        env.pull()
+        if self.e.in_guest_mode:
+            env.set32(ui.ENV_HFLAGS, env.u32(ui.ENV_HFLAGS) | ui.HF_GUEST_MASK)
+        env.push()
+
+
+def unicorn_version() -> str:
+    return getattr(unicorn, "__version__", "?")
+
+
+__all__ = ["Engine", "InitialState", "Segment", "HYP_BASE", "LEAF_RWX", "GPR_NAMES", "unicorn_version"]

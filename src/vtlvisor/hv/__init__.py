@@ -1,0 +1,1 @@
+"""The hypervisor proper: partition, vCPU, exit dispatch, virtual time, MSRs."""

@@ -1,0 +1,167 @@
+"""A partition: guest RAM, the engine, the platform devices, one vCPU, and the boot.
+
+This is the object the CLI and the Python API drive (``Partition(config).boot_image(path).run()``).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from ..devices.debug_exit import debug_exit_status
+from ..devices.platform import Platform
+from ..engine.engine import Engine, InitialState, Segment
+from ..errors import ConfigError
+from ..loader.bootstate import BootMode, BootState
+from ..memory import GuestMemory
+from ..x86.arch import CR0
+from ..x86.cpuid import CpuidModel
+from ..x86.svm import SvmExit, intercept_bit
+from .clock import VirtualClock
+from .msrs import MsrTable
+from .stop import RunResult, StopReason
+from .vcpu import Vcpu
+
+log = logging.getLogger(__name__)
+
+APIC_BASE = 0xFEE00000
+MIN_RAM = 2 << 20
+MAX_RAM = 3 << 30
+
+#: exits the core always takes (see docs/architecture.md for why each one)
+CORE_INTERCEPTS = (
+    SvmExit.IDTR_READ, SvmExit.GDTR_READ, SvmExit.LDTR_READ, SvmExit.TR_READ,   # UMIP / NPIEP
+    SvmExit.RDTSC, SvmExit.RDTSCP,                                               # virtual time
+    SvmExit.CPUID, SvmExit.SWINT, SvmExit.ICEBP, SvmExit.HLT, SvmExit.MSR, SvmExit.SHUTDOWN,
+    SvmExit.VMRUN, SvmExit.VMMCALL, SvmExit.VMLOAD, SvmExit.VMSAVE, SvmExit.STGI, SvmExit.CLGI,
+    SvmExit.SKINIT, SvmExit.INVLPGA, SvmExit.MONITOR, SvmExit.MWAIT,
+)
+CR_READ_INTERCEPTS = 1 << 8                       # CR8 <-> LAPIC TPR
+CR_WRITE_INTERCEPTS = (1 << 0) | (1 << 4) | (1 << 8)
+EXCEPTION_INTERCEPTS = 0xFFFFFFFF                 # the engine delivers nothing itself
+
+
+@dataclass
+class PartitionConfig:
+    memory: int = 128 << 20
+    serial: BinaryIO | Callable[[bytes], None] | None = None
+    trace: Callable[[str, dict], None] | None = None
+    extra_intercepts: list[SvmExit] = field(default_factory=list)
+
+
+class Partition:
+    def __init__(self, config: PartitionConfig | None = None) -> None:
+        self.config = cfg = config or PartitionConfig()
+        if cfg.memory % 0x1000 or not MIN_RAM <= cfg.memory <= MAX_RAM:
+            raise ConfigError(f"memory size must be a multiple of 4 KiB between 2 MiB and 3 GiB, "
+                              f"not {cfg.memory}")
+        self.memory = GuestMemory(cfg.memory)
+        self.clock = VirtualClock()
+        self.unhandled: list[tuple[str, int, int, int | None]] = []
+        self.platform = Platform.create(
+            ram_size=cfg.memory, clock=self._device_clock, serial_output=cfg.serial,
+            on_exit=self._on_debug_exit, on_poweroff=self._on_poweroff, on_unhandled=self._on_unhandled)
+        self.engine = Engine(self.memory)
+        self._map_physical()
+        self.cpuid = CpuidModel(self.engine.cpuid_table)
+        self.msrs = MsrTable()
+        self.vcpu = Vcpu(self.engine, self.memory, self.platform.io, self.platform.lapic, self.cpuid,
+                         self.clock, self.msrs)
+        self.vcpu.hooks.trace = cfg.trace
+        self.boot_state: BootState | None = None
+
+    # ------------------------------------------------------------------ physical address space
+    def _map_physical(self) -> None:
+        """RAM identity-mapped with 4 KiB NPT leaves (so protections can be per page); the LAPIC
+        and the unassigned hole below 4 GiB go to MMIO regions (open bus: reads all-ones, traced)."""
+        eng, ram = self.engine, self.memory.size
+        self.npt = eng.new_npt()
+        self.npt.map_4k_range(0, 0, ram)
+        eng.add_mmio(APIC_BASE, 0x1000, self._lapic_read, self._lapic_write)
+        self.npt.map_range(APIC_BASE, APIC_BASE, 0x1000)
+        hole_end = 1 << 32
+        for start, end in ((ram, APIC_BASE), (APIC_BASE + 0x1000, hole_end)):
+            if end > start:
+                eng.add_mmio(start, end - start, self._open_bus_read, self._open_bus_write)
+                self.npt.map_range(start, start, end - start)
+
+    def _device_clock(self) -> int:
+        """Time as the LAPIC sees it: never past a timer deadline the vCPU has not processed yet,
+        so a guest polling the current-count register cannot see the count reach 0 before the
+        interrupt it implies (the run loop moves the deadline when it polls the timer)."""
+        now = self.clock.now()
+        d = self.platform.lapic.next_deadline() if hasattr(self, "platform") else None
+        return now if d is None else min(now, d - 1)
+
+    def _timer_due(self) -> None:
+        d = self.platform.lapic.next_deadline()
+        if d is not None and self.clock.now() >= d:
+            self.engine.stop()        # let the run loop poll the timer and deliver
+
+    def _lapic_read(self, addr: int, size: int) -> int:
+        self._timer_due()
+        return self.platform.mmio.read(addr, size)
+
+    def _lapic_write(self, addr: int, size: int, value: int) -> None:
+        self.platform.mmio.write(addr, size, value)
+        if self.platform.lapic.pending_vector() is not None:
+            self.engine.stop()        # EOI/self-IPI/TPR change may unblock a pending vector
+
+    def _open_bus_read(self, addr: int, size: int) -> int:
+        self._on_unhandled("mmio", addr, size, None)
+        return (1 << (8 * size)) - 1
+
+    def _open_bus_write(self, addr: int, size: int, value: int) -> None:
+        self._on_unhandled("mmio", addr, size, value)
+
+    # ------------------------------------------------------------------ device callbacks
+    def _on_debug_exit(self, value: int) -> None:
+        self.vcpu.request_stop(StopReason.DEBUG_EXIT, f"isa-debug-exit value {value:#x}",
+                               status=debug_exit_status(value))
+
+    def _on_poweroff(self) -> None:
+        self.vcpu.request_stop(StopReason.POWER_OFF, "guest wrote 'Shutdown' to port 0x8900")
+
+    def _on_unhandled(self, kind: str, addr: int, size: int, value: int | None) -> None:
+        if len(self.unhandled) < 10000:
+            self.unhandled.append((kind, addr, size, value))
+        log.debug("unhandled %s %#x size %d value %s", kind, addr, size, value)
+        if self.config.trace:
+            self.config.trace("unhandled", {"kind": kind, "addr": addr, "size": size, "value": value})
+
+    # ------------------------------------------------------------------ boot
+    def boot_image(self, path: str, cmdline: str = "", modules: list[tuple[str, str]] | None = None
+                   ) -> Partition:
+        from ..loader import load_image
+        bs = load_image(path, self.memory, cmdline=cmdline, modules=modules or [])
+        return self.boot(bs)
+
+    def boot(self, bs: BootState) -> Partition:
+        self.boot_state = bs
+        regs = dict(bs.regs)
+        if bs.mode is BootMode.PROTECTED32:
+            cs = Segment(bs.code_selector, 0, 0xFFFFFFFF, 0x00C09B00)
+        else:
+            cs = Segment(bs.code_selector, 0, 0xFFFFFFFF, 0x00A09B00)
+        ds = Segment(bs.data_selector, 0, 0xFFFFFFFF, 0x00C09300)
+        st = InitialState(rip=bs.entry, rsp=regs.get("rsp", 0), rflags=bs.rflags, cr0=bs.cr0 | CR0.ET,
+                          cr3=bs.cr3, cr4=bs.cr4, efer=bs.efer, cs=cs, ds=ds,
+                          gdtr=(bs.gdt_base, bs.gdt_limit), gprs=regs)
+        intercept = 0
+        for code in (*CORE_INTERCEPTS, *self.config.extra_intercepts):
+            intercept |= intercept_bit(code)
+        self.engine.enter_guest(st, self.npt, intercept=intercept, cr_read=CR_READ_INTERCEPTS,
+                                cr_write=CR_WRITE_INTERCEPTS, exceptions=EXCEPTION_INTERCEPTS)
+        self.vcpu.msr_state.efer = bs.efer
+        return self
+
+    def run(self, timeout: float | None = None) -> RunResult:
+        if self.boot_state is None:
+            raise ConfigError("nothing booted: call boot() or boot_image() first")
+        return self.vcpu.run(timeout=timeout)
+
+    @property
+    def serial_output(self) -> bytes:
+        return bytes(self.platform.uart.transcript)

@@ -1,0 +1,788 @@
+"""A virtual CPU: the run loop and the VM-exit dispatch table.
+
+Shape (after KVM's svm.c): one loop, one table of small handlers indexed by SVM exit code, each
+named after its event. Handlers run inside the engine's interrupt hook, so most exits are handled
+without leaving ``emu_start``; a handler that needs the outer loop (SYSCALL emulation, a native
+single step, a stop request) records it and stops the engine.
+
+Guest-caused errors never raise out of here: a handler raises ``GuestGP``/``GuestFault`` and the
+dispatcher turns it into the architectural exception; anything unexpected becomes an orderly
+shutdown with a report.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+import threading
+import time
+import traceback
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from ..engine.engine import Engine, Segment
+from ..engine.unicorn_internals import EXCP_VMEXIT
+from ..memory import GuestMemory
+from ..x86 import decode as dec
+from ..x86.arch import CR0, CR4, EFER, MASK64, RFLAGS, Vector
+from ..x86.cpuid import CpuidModel
+from ..x86.events import DeliveryFault, Event, EventKind, TripleFault, deliver
+from ..x86.paging import Access, NonCanonical, PageFault, PagingMode, read_virt
+from ..x86.svm import SvmExit
+from .clock import VirtualClock
+from .msrs import GuestGP, MsrState, MsrTable
+from .stop import RunResult, StopReason
+
+if TYPE_CHECKING:
+    from ..devices.bus import IoBus
+
+log = logging.getLogger(__name__)
+
+TSC_HZ = 1_000_000_000          # virtual TSC: 1 GHz, i.e. 1 tick per virtual ns
+IRQ_POLL_NS = 50_000            # how often to retry an interrupt blocked by IF=0 / the shadow
+
+CR0_FIXED_WRITABLE = CR0.PE | CR0.MP | CR0.EM | CR0.TS | CR0.ET | CR0.NE | CR0.WP | CR0.AM | CR0.NW \
+    | CR0.CD | CR0.PG
+CR4_SUPPORTED = CR4.VME | CR4.PVI | CR4.TSD | CR4.DE | CR4.PSE | CR4.PAE | CR4.MCE | CR4.PGE | CR4.PCE \
+    | CR4.OSFXSR | CR4.OSXMMEXCPT | CR4.UMIP | CR4.FSGSBASE | CR4.OSXSAVE | CR4.SMEP | CR4.SMAP
+
+
+class GuestFault(Exception):
+    """Raised by emulation code: inject ``vector`` (with error code / CR2) at the instruction."""
+
+    def __init__(self, vector: int, error_code: int | None = None, cr2: int | None = None) -> None:
+        super().__init__(f"vector {vector}")
+        self.vector = vector
+        self.error_code = error_code
+        self.cr2 = cr2
+
+
+@dataclass
+class ExitRecord:
+    t_ns: int
+    code: int
+    rip: int
+    detail: str = ""
+
+
+CrWriteFilter = Callable[["Vcpu", int, int, int], bool]   # (vcpu, cr, old, new) -> handled
+
+
+@dataclass
+class VcpuHooks:
+    """Extension points for ABIs layered on the core (CR pinning, VSM, domains, tracing)."""
+
+    cr_write_filters: list[CrWriteFilter] = field(default_factory=list)
+    hypercall: Callable[[Vcpu], None] | None = None
+    #: (vcpu, exit code) -> handled; consulted for descriptor-table writes and other opt-in intercepts
+    intercept_filters: list[Callable[[Vcpu, int], bool]] = field(default_factory=list)
+    trace: Callable[[str, dict], None] | None = None
+
+
+class Vcpu:
+    def __init__(self, engine: Engine, memory: GuestMemory, io: IoBus, lapic, cpuid: CpuidModel,
+                 clock: VirtualClock, msrs: MsrTable, vp_index: int = 0) -> None:
+        self.engine = engine
+        self.mem = memory
+        self.io = io
+        self.lapic = lapic
+        self.cpuid = cpuid
+        self.clock = clock
+        self.msrs = msrs
+        self.vp_index = vp_index
+        self.msr_state = MsrState()
+        self.hooks = VcpuHooks()
+        self.result: RunResult | None = None
+        self.exit_counts: dict[int, int] = {}
+        self.last_exits: deque[ExitRecord] = deque(maxlen=32)
+        self._pending_outer: Callable[[], None] | None = None
+        self._io_fault_pending = False
+        self._pending_events: deque[Event] = deque()
+        self._kicked = threading.Event()
+        self._running = False
+        self._wall_deadline: float | None = None
+        self._handlers: dict[int, Callable[[int], None]] = self._build_table()
+        engine.on_exit(self._on_intr)
+        engine.on_io(self._on_io_in, self._on_io_out)
+        engine.on_syscall(self._on_syscall_insn)
+        engine.on_invalid(self._on_invalid)
+
+    # ================================================================== dispatch table
+    def _build_table(self) -> dict[int, Callable[[int], None]]:
+        t: dict[int, Callable[[int], None]] = {
+            SvmExit.WRITE_CR0: self._exit_write_cr,
+            SvmExit.WRITE_CR4: self._exit_write_cr,
+            SvmExit.WRITE_CR8: self._exit_write_cr8,
+            SvmExit.READ_CR8: self._exit_read_cr8,
+            SvmExit.IDTR_READ: self._exit_dt_read,
+            SvmExit.GDTR_READ: self._exit_dt_read,
+            SvmExit.LDTR_READ: self._exit_dt_read,
+            SvmExit.TR_READ: self._exit_dt_read,
+            SvmExit.IDTR_WRITE: self._exit_dt_write,
+            SvmExit.GDTR_WRITE: self._exit_dt_write,
+            SvmExit.LDTR_WRITE: self._exit_dt_write,
+            SvmExit.TR_WRITE: self._exit_dt_write,
+            SvmExit.RDTSC: self._exit_rdtsc,
+            SvmExit.RDTSCP: self._exit_rdtsc,
+            SvmExit.CPUID: self._exit_cpuid,
+            SvmExit.SWINT: self._exit_swint,
+            SvmExit.ICEBP: self._exit_icebp,
+            SvmExit.HLT: self._exit_hlt,
+            SvmExit.MSR: self._exit_msr,
+            SvmExit.SHUTDOWN: self._exit_shutdown,
+            SvmExit.VMMCALL: self._exit_vmmcall,
+            SvmExit.NPF: self._exit_npf,
+            SvmExit.MONITOR: self._exit_ud,
+            SvmExit.MWAIT: self._exit_ud,
+        }
+        for code in (SvmExit.VMRUN, SvmExit.VMLOAD, SvmExit.VMSAVE, SvmExit.STGI, SvmExit.CLGI,
+                     SvmExit.INVLPGA, SvmExit.SKINIT):
+            t[code] = self._exit_ud
+        for v in range(32):
+            t[SvmExit.EXCP_BASE + v] = self._exit_exception
+        return t
+
+    def _on_intr(self, intno: int) -> None:
+        """UC_HOOK_INTR: every exit and raw exception lands here. Never raises."""
+        if self._io_fault_pending:
+            self.engine.stop()
+            return
+        try:
+            code = intno - EXCP_VMEXIT if intno >= EXCP_VMEXIT else SvmExit.EXCP_BASE + intno
+            self.exit_counts[code] = self.exit_counts.get(code, 0) + 1
+            rip = self.engine.rip
+            self.last_exits.append(ExitRecord(self.clock.now(), code, rip))
+            if self.hooks.trace:
+                self.hooks.trace("exit", {"code": code, "rip": rip})
+            handler = self._handlers.get(code)
+            if handler is None:
+                self._shutdown(StopReason.INTERNAL_ERROR, f"unhandled exit {code:#x} at {rip:#x}")
+                return
+            try:
+                handler(code)
+            except GuestGP as gp:
+                log.debug("inject #GP(%#x): %s", gp.error_code, gp)
+                self.inject(Event(Vector.GP, EventKind.EXCEPTION, gp.error_code))
+            except GuestFault as f:
+                self.inject(Event(f.vector, EventKind.EXCEPTION, f.error_code, cr2=f.cr2))
+        except TripleFault as tf:
+            self._shutdown(StopReason.TRIPLE_FAULT, str(tf))
+        except Exception as e:   # noqa: BLE001 - the guest must never crash the hypervisor
+            self._shutdown(StopReason.INTERNAL_ERROR, f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+
+    # ================================================================== helpers for handlers
+    def reg(self, name: str) -> int:
+        return self.engine.reg(name)
+
+    def set_reg(self, name: str, value: int) -> None:
+        self.engine.set_reg(name, value)
+
+    def segment(self, name: str) -> Segment:
+        return self.engine.segment(name)
+
+    def load_segments(self, segs: dict[str, tuple[int, int, int, int]]) -> None:
+        self.engine.set_segments({k: Segment(*v) for k, v in segs.items()})
+
+    def cpl(self) -> int:
+        return self.engine.cpl()
+
+    def long_mode(self) -> bool:
+        return bool(self.msr_state.efer & EFER.LMA)
+
+    def paging_mode(self) -> PagingMode:
+        return PagingMode(self.reg("cr0"), self.reg("cr3"), self.reg("cr4"), self.msr_state.efer)
+
+    def tsc(self) -> int:
+        return self.clock.tsc(TSC_HZ)
+
+    def bitness(self) -> int:
+        if self.engine.code64():
+            return 64
+        return 32 if self.segment("cs").flags & (1 << 22) else 16
+
+    def fetch_insn(self) -> dec.ix.Instruction:
+        """Decode the instruction at RIP (through the guest's page tables, as a fetch at CPL)."""
+        rip = self.engine.rip
+        cs_base = 0 if self.engine.code64() else self.segment("cs").base
+        mode = self.paging_mode()
+        user = self.cpl() == 3
+        code = b""
+        try:
+            # read up to 15 bytes without crossing into an unmapped page needlessly
+            first = min(15, 0x1000 - ((cs_base + rip) & 0xFFF))
+            code = read_virt(self.mem, mode, cs_base + rip, first, Access(fetch=True, user=user))
+            if first < 15:
+                try:
+                    code += read_virt(self.mem, mode, cs_base + rip + first, 15 - first,
+                                      Access(fetch=True, user=user))
+                except PageFault:
+                    pass
+        except PageFault as pf:
+            raise GuestFault(Vector.PF, pf.error_code, pf.va) from None
+        except NonCanonical:
+            raise GuestFault(Vector.GP, 0) from None
+        ins = dec.decode(code, rip, self.bitness())
+        if ins is None:
+            raise GuestFault(Vector.UD)
+        return ins
+
+    def skip(self, ins_len: int) -> None:
+        self.engine.rip = (self.engine.rip + ins_len) & MASK64
+
+    def inject(self, ev: Event) -> None:
+        """Deliver an event now (from inside a handler) through the guest IDT."""
+        eng = self.engine
+        eng.ack_exception()
+        deliver(self, ev)
+        if self.hooks.trace:
+            self.hooks.trace("inject", {"vector": ev.vector, "kind": ev.kind.value,
+                                        "error_code": ev.error_code})
+
+    def queue_event(self, ev: Event) -> None:
+        """Deliver before the next guest instruction (from outside the engine)."""
+        self._pending_events.append(ev)
+
+    def request_outer(self, fn: Callable[[], None]) -> None:
+        self._pending_outer = fn
+        self.engine.stop()
+
+    # ================================================================== exit handlers
+    def _exit_exception(self, code: int) -> None:
+        vec = code - SvmExit.EXCP_BASE
+        err = self.engine.exit_info_1()
+        if vec == Vector.UD and self._maybe_emulate_ud():
+            return
+        ev = Event(vec, EventKind.EXCEPTION)
+        if vec in (8, 10, 11, 12, 13, 14, 17, 21, 29, 30):
+            ev.error_code = err
+        if vec == Vector.PF:
+            ev.cr2 = self.engine.exit_info_2()
+        self.inject(ev)
+
+    def _maybe_emulate_ud(self) -> bool:
+        """Intel's VMCALL on our AMD-modelled CPU raises #UD; treat it as a hypercall, as KVM does."""
+        try:
+            ins = self.fetch_insn()
+        except GuestFault:
+            return False
+        if ins.mnemonic == dec.Mnemonic.VMCALL:
+            self._hypercall(ins.len)
+            return True
+        return False
+
+    def _exit_ud(self, code: int) -> None:
+        raise GuestFault(Vector.UD)
+
+    def _exit_cpuid(self, code: int) -> None:
+        leaf, sub = self.reg("rax") & 0xFFFFFFFF, self.reg("rcx") & 0xFFFFFFFF
+        a, b, c, d = self.cpuid.query(leaf, sub, self.reg("cr4"))
+        for name, v in (("rax", a), ("rbx", b), ("rcx", c), ("rdx", d)):
+            self.set_reg(name, v)
+        self.skip(2)
+
+    def _exit_rdtsc(self, code: int) -> None:
+        if self.reg("cr4") & CR4.TSD and self.cpl() > 0:
+            raise GuestGP(0, "rdtsc with CR4.TSD at CPL>0")
+        tsc = (self.tsc() + self.msr_state.tsc_offset) & MASK64
+        self.set_reg("rax", tsc & 0xFFFFFFFF)
+        self.set_reg("rdx", tsc >> 32)
+        if code == SvmExit.RDTSCP:
+            self.set_reg("rcx", self.engine.msr_read(0xC0000103) & 0xFFFFFFFF)
+            self.skip(3)
+        else:
+            self.skip(2)
+
+    def _exit_msr(self, code: int) -> None:
+        write = self.engine.exit_info_1() & 1
+        if self.cpl() != 0:
+            raise GuestGP(0, "rdmsr/wrmsr at CPL>0")
+        msr = self.reg("rcx") & 0xFFFFFFFF
+        if write:
+            value = (self.reg("rax") & 0xFFFFFFFF) | ((self.reg("rdx") & 0xFFFFFFFF) << 32)
+            self.msrs.write(self, msr, value)
+            if self.hooks.trace:
+                self.hooks.trace("wrmsr", {"msr": msr, "value": value})
+        else:
+            value = self.msrs.read(self, msr)
+            self.set_reg("rax", value & 0xFFFFFFFF)
+            self.set_reg("rdx", value >> 32)
+        self.skip(2)
+
+    # -- control registers
+    def _exit_write_cr(self, code: int) -> None:
+        cr = code - SvmExit.WRITE_CR0
+        ins = self.fetch_insn()
+        old = self.reg("cr0") if cr == 0 else self.reg("cr4")
+        m = ins.mnemonic
+        if m == dec.Mnemonic.MOV:
+            g = dec.gpr_index(ins.op1_register)
+            if g is None:
+                raise GuestFault(Vector.UD)
+            new = self.engine.gpr(g[0])
+            if not self.engine.code64():
+                new &= 0xFFFFFFFF
+        elif m == dec.Mnemonic.LMSW:
+            if ins.op0_kind == dec.OpKind.REGISTER:
+                g = dec.gpr_index(ins.op0_register)
+                src = self.engine.gpr(g[0]) if g else 0
+            else:
+                src = self._read_mem_operand(ins, 2)
+            # LMSW loads PE, MP, EM, TS; it can set PE but never clear it
+            new = (old & ~0xE) | (src & 0xE) | (old & 1) | (src & 1)
+        elif m == dec.Mnemonic.CLTS:
+            new = old & ~CR0.TS
+        else:
+            raise GuestFault(Vector.UD)
+        if self.cpl() != 0:
+            raise GuestGP(0, "CR write at CPL>0")
+        self.write_cr(cr, new)
+        self.skip(ins.len)
+
+    def write_cr(self, cr: int, new: int) -> None:
+        """Architectural checks the engine skips, then the filters (pinning, VSM), then commit."""
+        new &= MASK64
+        old = self.reg(f"cr{cr}")
+        efer = self.msr_state.efer
+        if cr == 0:
+            if new >> 32 or new & ~CR0_FIXED_WRITABLE & 0xFFFFFFFF:
+                raise GuestGP(0, f"CR0 reserved bits {new:#x}")
+            if new & CR0.PG and not new & CR0.PE:
+                raise GuestGP(0, "CR0.PG without PE")
+            if new & CR0.NW and not new & CR0.CD:
+                raise GuestGP(0, "CR0.NW without CD")
+            if new & CR0.PG and not old & CR0.PG and efer & EFER.LME and not self.reg("cr4") & CR4.PAE:
+                raise GuestGP(0, "long mode needs CR4.PAE")
+            if not new & CR0.PG and old & CR0.PG and self.engine.code64():
+                raise GuestGP(0, "clearing CR0.PG in 64-bit mode")
+            if not new & CR0.WP and self.reg("cr4") & CR4.CET:
+                raise GuestGP(0, "CR0.WP clear with CET")
+        else:
+            if new & ~CR4_SUPPORTED:
+                raise GuestGP(0, f"CR4 reserved/unsupported bits {new & ~CR4_SUPPORTED:#x}")
+            if efer & EFER.LMA and not new & CR4.PAE:
+                raise GuestGP(0, "clearing CR4.PAE in long mode")
+            smep_smap = self.cpuid.query(7, 0, 0)[1]
+            if new & CR4.SMEP and not smep_smap & (1 << 7):
+                raise GuestGP(0, "SMEP not supported")
+            if new & CR4.SMAP and not smep_smap & (1 << 20):
+                raise GuestGP(0, "SMAP not supported")
+        for f in self.hooks.cr_write_filters:
+            if f(self, cr, old, new):
+                return
+        self.engine.set_reg(f"cr{cr}", new)
+        if cr == 0:
+            # the engine sets/clears EFER.LMA itself on a paging transition with LME
+            lma = self.engine.long_mode_active()
+            self.msr_state.efer = (self.msr_state.efer & ~EFER.LMA) | (EFER.LMA if lma else 0)
+        if self.hooks.trace:
+            self.hooks.trace("write_cr", {"cr": cr, "old": old, "new": new})
+
+    def _exit_write_cr8(self, code: int) -> None:
+        ins = self.fetch_insn()
+        if self.cpl() != 0:
+            raise GuestGP(0, "CR8 write at CPL>0")
+        g = dec.gpr_index(ins.op1_register)
+        if g is None:
+            raise GuestFault(Vector.UD)
+        value = self.engine.gpr(g[0])
+        if value >> 4:
+            raise GuestGP(0, "CR8 reserved bits")
+        self.lapic.tpr = (value & 0xF) << 4
+        self.skip(ins.len)
+
+    def _exit_read_cr8(self, code: int) -> None:
+        ins = self.fetch_insn()
+        if self.cpl() != 0:
+            raise GuestGP(0, "CR8 read at CPL>0")
+        g = dec.gpr_index(ins.op0_register)
+        if g is None:
+            raise GuestFault(Vector.UD)
+        self.engine.set_gpr(g[0], (self.lapic.tpr >> 4) & 0xF)
+        self.skip(ins.len)
+
+    # -- descriptor tables (UMIP, NPIEP, HyperGuard)
+    def _exit_dt_read(self, code: int) -> None:
+        if self.reg("cr4") & CR4.UMIP and self.cpl() > 0:
+            raise GuestGP(0, "UMIP: SGDT/SIDT/SLDT/STR at CPL>0")
+        for f in self.hooks.intercept_filters:
+            if f(self, code):
+                return
+        self.step_without_intercept(code)
+
+    def _exit_dt_write(self, code: int) -> None:
+        for f in self.hooks.intercept_filters:
+            if f(self, code):
+                return
+        self.step_without_intercept(code)
+
+    def step_without_intercept(self, code: int) -> None:
+        """Execute the intercepted instruction natively once, with its intercept disabled: the
+        engine then does all addressing, faults and side effects exactly as the CPU would."""
+        def outer() -> None:
+            eng = self.engine
+            eng.set_intercept(code, False)
+            try:
+                err = eng.run(count=1)
+                if err:
+                    self._shutdown(StopReason.INTERNAL_ERROR, f"engine: {err}")
+            finally:
+                eng.set_intercept(code, True)
+        self.request_outer(outer)
+
+    # -- software interrupts and HLT
+    def _exit_swint(self, code: int) -> None:
+        ins = self.fetch_insn()
+        m = ins.mnemonic
+        if m == dec.Mnemonic.INT:
+            vec = ins.immediate8
+        elif m == dec.Mnemonic.INT3:
+            vec = Vector.BP
+        elif m == dec.Mnemonic.INTO:
+            if not self.reg("rflags") & RFLAGS.OF:
+                self.skip(ins.len)
+                return
+            vec = Vector.OF
+        else:
+            raise GuestFault(Vector.UD)
+        kind = EventKind.SOFTWARE
+        self.inject(Event(vec, kind, rip=(self.engine.rip + ins.len) & MASK64))
+
+    def _exit_icebp(self, code: int) -> None:
+        self.inject(Event(Vector.DB, EventKind.EXCEPTION, rip=(self.engine.rip + 1) & MASK64))
+
+    def _exit_hlt(self, code: int) -> None:
+        if self.cpl() != 0:
+            raise GuestGP(0, "HLT at CPL>0")
+        self.skip(1)
+        if not self.reg("rflags") & RFLAGS.IF:
+            self._shutdown(StopReason.HALTED, "HLT with interrupts disabled: the vCPU can never wake")
+            return
+        if self._deliver_interrupt():
+            return
+        deadline = self.lapic.next_deadline()
+        if deadline is None:
+            self._shutdown(StopReason.HALTED, "HLT with no interrupt source armed: the vCPU can never wake")
+            return
+        self.clock.skip_to(deadline)
+        self.lapic.poll(self.clock.now())
+        self.engine.clear_interrupt_shadow()
+        if not self._deliver_interrupt():
+            # spurious wake-up (e.g. masked vector): the guest re-executes after HLT
+            pass
+
+    def _exit_vmmcall(self, code: int) -> None:
+        self._hypercall(3)
+
+    def _hypercall(self, ins_len: int) -> None:
+        if self.hooks.hypercall is None:
+            raise GuestFault(Vector.UD)
+        self.skip(ins_len)
+        self.hooks.hypercall(self)
+
+    def _exit_shutdown(self, code: int) -> None:
+        self._shutdown(StopReason.TRIPLE_FAULT, "shutdown intercept (engine-detected triple fault)")
+
+    def _exit_npf(self, code: int) -> None:
+        gpa = self.engine.exit_info_2()
+        for f in self.hooks.intercept_filters:
+            if f(self, code):
+                return
+        self._shutdown(StopReason.MACHINE_CHECK,
+                       f"access to non-existent guest-physical address {gpa:#x} at RIP {self.engine.rip:#x}")
+
+    def _read_mem_operand(self, ins: dec.ix.Instruction, size: int) -> int:
+        va = self._effective_address(ins)
+        try:
+            raw = read_virt(self.mem, self.paging_mode(), va, size, Access(user=self.cpl() == 3))
+        except PageFault as pf:
+            raise GuestFault(Vector.PF, pf.error_code, pf.va) from None
+        except NonCanonical:
+            raise GuestGP(0) from None
+        return int.from_bytes(raw, "little")
+
+    def _effective_address(self, ins: dec.ix.Instruction) -> int:
+        ea = ins.memory_displacement
+        if ins.memory_base != dec.Register.NONE:
+            if ins.memory_base == dec.Register.RIP:
+                ea = ins.memory_displacement
+            else:
+                g = dec.gpr_index(ins.memory_base)
+                ea += self.engine.gpr(g[0]) if g else 0
+        if ins.memory_index != dec.Register.NONE:
+            g = dec.gpr_index(ins.memory_index)
+            ea += (self.engine.gpr(g[0]) if g else 0) * ins.memory_index_scale
+        seg = ins.memory_segment
+        if seg == dec.Register.FS:
+            ea += self.segment("fs").base
+        elif seg == dec.Register.GS:
+            ea += self.segment("gs").base
+        return ea & (MASK64 if self.engine.code64() else 0xFFFFFFFF)
+
+    # ================================================================== port I/O
+    def _io_allowed(self, port: int, size: int) -> bool:
+        """CPL > IOPL consults the TSS I/O permission bitmap (SDM 19.5). Unicorn skips this check."""
+        if self.cpl() <= (self.reg("rflags") >> 12) & 3 or not self.reg("cr0") & CR0.PE:
+            return True
+        tr = self.segment("tr")
+        mode = self.paging_mode()
+        try:
+            if tr.limit < 0x67:
+                return False
+            base = struct.unpack("<H", read_virt(self.mem, mode, tr.base + 0x66, 2, Access(implicit=True)))[0]
+            off = base + port // 8
+            if off + 1 > tr.limit:
+                return False
+            bits = struct.unpack("<H", read_virt(self.mem, mode, tr.base + off, 2, Access(implicit=True)))[0]
+        except (PageFault, NonCanonical):
+            return False
+        return not (bits >> (port & 7)) & ((1 << size) - 1)
+
+    def _io_fault(self) -> None:
+        """#GP for a port access the guest may not make. Unicorn cannot abort the IN/OUT from its
+        hook and keeps running the rest of the translation block before it stops, so snapshot the
+        CPU state at the instruction, ignore every event until the engine stops, restore the
+        snapshot and deliver #GP with RIP at the IN/OUT. Registers are exact; memory writes by the
+        remaining straight-line instructions of the block (at the same CPL) are not undone."""
+        snap = self.engine.uc.context_save()
+        self._io_fault_pending = True
+
+        def outer() -> None:
+            self._io_fault_pending = False
+            self.engine.uc.context_restore(snap)
+            self.engine.flush_tlb()
+            self.inject(Event(Vector.GP, EventKind.EXCEPTION, 0))
+        self.request_outer(outer)
+
+    def _on_io_in(self, port: int, size: int) -> int:
+        try:
+            if self._io_fault_pending:
+                return self.reg("rax") & ((1 << (8 * size)) - 1)
+            if not self._io_allowed(port, size):
+                self._io_fault()
+                return self.reg("rax") & ((1 << (8 * size)) - 1)    # register unchanged
+            v = self.io.read(port, size)
+            if self.hooks.trace:
+                self.hooks.trace("io", {"port": port, "size": size, "dir": "in", "value": v})
+            return v
+        except Exception as e:   # noqa: BLE001
+            self._shutdown(StopReason.INTERNAL_ERROR, f"port read {port:#x}: {e!r}")
+            return (1 << (8 * size)) - 1
+
+    def _on_io_out(self, port: int, size: int, value: int) -> None:
+        try:
+            if self._io_fault_pending:
+                return
+            if not self._io_allowed(port, size):
+                self._io_fault()
+                return
+            if self.hooks.trace:
+                self.hooks.trace("io", {"port": port, "size": size, "dir": "out", "value": value})
+            self.io.write(port, size, value)
+        except Exception as e:   # noqa: BLE001
+            self._shutdown(StopReason.INTERNAL_ERROR, f"port write {port:#x}: {e!r}")
+
+    # ================================================================== SYSCALL / SYSENTER
+    def _on_syscall_insn(self, kind: str) -> None:
+        insn_rip = self.engine.rip
+        self.request_outer(lambda: self._emulate_sys_entry(kind, insn_rip))
+
+    def _emulate_sys_entry(self, kind: str, insn_rip: int) -> None:
+        """Unicorn skips the transition (its hook replaces it) and has advanced RIP past the
+        instruction; do what the SDM says SYSCALL/SYSENTER do."""
+        next_rip = self.engine.rip
+        s = self.msr_state
+        try:
+            if kind == "syscall":
+                if not s.efer & EFER.SCE:
+                    raise GuestFault(Vector.UD)
+                self._syscall(next_rip)
+            else:
+                self._sysenter(next_rip)
+        except GuestFault as f:
+            self.engine.rip = insn_rip
+            self.inject(Event(f.vector, EventKind.EXCEPTION, f.error_code))
+        except GuestGP as gp:
+            self.engine.rip = insn_rip
+            self.inject(Event(Vector.GP, EventKind.EXCEPTION, gp.error_code))
+
+    def _syscall(self, next_rip: int) -> None:
+        s = self.msr_state
+        sel = (s.star >> 32) & 0xFFFF
+        rflags = self.reg("rflags")
+        cs = ((sel & 0xFFFC), 0, 0xFFFFFFFF, 0x00A09B00 if self.long_mode() else 0x00C09B00)
+        ss = (((sel + 8) & 0xFFFC), 0, 0xFFFFFFFF, 0x00C09300)
+        if self.long_mode():
+            self.set_reg("rcx", next_rip)
+            self.set_reg("r11", rflags & ~RFLAGS.RF)
+            target = s.lstar if self.engine.code64() else s.cstar
+            new_flags = rflags & ~s.fmask & ~RFLAGS.RF
+        else:
+            self.set_reg("rcx", next_rip & 0xFFFFFFFF)
+            target = s.star & 0xFFFFFFFF
+            new_flags = rflags & ~(RFLAGS.IF | RFLAGS.VM | RFLAGS.RF)
+        self.load_segments({"cs": cs, "ss": ss})
+        self.set_reg("rflags", new_flags | RFLAGS.FIXED1)
+        self.engine.rip = target
+
+    def _sysenter(self, next_rip: int) -> None:
+        s = self.msr_state
+        if not self.reg("cr0") & CR0.PE or s.sysenter_cs & 0xFFFC == 0:
+            raise GuestGP(0, "SYSENTER with SYSENTER_CS = 0")
+        sel = s.sysenter_cs & 0xFFFC
+        lm = self.long_mode()
+        self.load_segments({
+            "cs": (sel, 0, 0xFFFFFFFF, 0x00A09B00 if lm else 0x00C09B00),
+            "ss": (sel + 8, 0, 0xFFFFFFFF, 0x00C09300),
+        })
+        self.set_reg("rflags", (self.reg("rflags") & ~(RFLAGS.IF | RFLAGS.VM | RFLAGS.RF)) | 2)
+        self.set_reg("rsp", s.sysenter_esp if lm else s.sysenter_esp & 0xFFFFFFFF)
+        self.engine.rip = s.sysenter_eip if lm else s.sysenter_eip & 0xFFFFFFFF
+
+    def _on_invalid(self) -> bool:
+        try:
+            self.inject(Event(Vector.UD, EventKind.EXCEPTION))
+        except TripleFault as tf:
+            self._shutdown(StopReason.TRIPLE_FAULT, str(tf))
+        except Exception as e:   # noqa: BLE001
+            self._shutdown(StopReason.INTERNAL_ERROR, repr(e))
+        return True
+
+    # ================================================================== interrupts
+    def _deliver_interrupt(self) -> bool:
+        """Inject the LAPIC's highest pending vector if the guest can take it now."""
+        vec = self.lapic.pending_vector()
+        if vec is None:
+            return False
+        if not self.reg("rflags") & RFLAGS.IF or self.engine.interrupt_shadow():
+            return False
+        vec = self.lapic.acknowledge()
+        self.inject(Event(vec, EventKind.EXTERNAL))
+        return True
+
+    def _before_entry(self) -> None:
+        while self._pending_events and self.result is None:
+            ev = self._pending_events.popleft()
+            try:
+                self.inject(ev)
+            except TripleFault as tf:
+                self._shutdown(StopReason.TRIPLE_FAULT, str(tf))
+                return
+        self.lapic.poll(self.clock.now())
+        try:
+            self._deliver_interrupt()
+        except TripleFault as tf:
+            self._shutdown(StopReason.TRIPLE_FAULT, str(tf))
+
+    # ================================================================== run loop
+    def _shutdown(self, reason: StopReason, detail: str, status: int | None = None) -> None:
+        if self.result is None:
+            self.result = RunResult(reason, detail, status)
+        self.engine.stop()
+
+    def request_stop(self, reason: StopReason, detail: str = "", status: int | None = None) -> None:
+        """Thread-safe: end the run (debug-exit, power-off, host request, timeout)."""
+        if self.result is None:
+            self.result = RunResult(reason, detail, status)
+        self.engine.stop()
+
+    def _next_kick_ns(self) -> int | None:
+        t = self.lapic.next_deadline()
+        if self.lapic.pending_vector() is not None:
+            poll = self.clock.now() + IRQ_POLL_NS
+            t = poll if t is None else min(t, poll)
+        return t
+
+    def _kicker(self) -> None:
+        """Stops the engine when virtual time reaches the next timer deadline or the wall timeout."""
+        while self._running:
+            now = self.clock.now()
+            t = self._next_kick_ns()
+            if self._wall_deadline is not None and time.monotonic() >= self._wall_deadline:
+                self.request_stop(StopReason.TIMEOUT, "wall-clock timeout")
+                return
+            if t is not None and now >= t:
+                self.engine.stop()
+                self._kicked.wait(0.002)
+                self._kicked.clear()
+                continue
+            wait = 0.005 if t is None else max(min((t - now) / 1e9, 0.005), 0.00002)
+            time.sleep(wait)
+
+    def run(self, timeout: float | None = None) -> RunResult:
+        self.clock.bind_current_thread()
+        self._running = True
+        self._wall_deadline = None if timeout is None else time.monotonic() + timeout
+        kicker = threading.Thread(target=self._kicker, name="vtlvisor-kicker", daemon=True)
+        kicker.start()
+        try:
+            while self.result is None:
+                self._before_entry()
+                if self.result is not None:
+                    break
+                err = self.engine.run()
+                self._kicked.set()
+                if err and self.result is None:
+                    self._engine_error(err)
+                outer, self._pending_outer = self._pending_outer, None
+                if outer is not None and self.result is None:
+                    try:
+                        outer()
+                    except TripleFault as tf:
+                        self._shutdown(StopReason.TRIPLE_FAULT, str(tf))
+                    except Exception as e:   # noqa: BLE001
+                        self._shutdown(StopReason.INTERNAL_ERROR,
+                                       f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+        finally:
+            self._running = False
+            kicker.join(timeout=1)
+        return self.result
+
+    def _engine_error(self, err: str) -> None:
+        """The engine refused to go on. An instruction fetch from MMIO / the open bus (a wild jump
+        outside RAM) is the guest's doing: report it like a machine check, not as our bug."""
+        rip = self.engine.rip
+        if "FETCH" in err or "UNMAPPED" in err:
+            self._shutdown(StopReason.MACHINE_CHECK, f"{err} at RIP {rip:#x} (execution outside RAM)")
+        else:
+            self._shutdown(StopReason.INTERNAL_ERROR, f"engine error: {err} at RIP {rip:#x}")
+
+    # ================================================================== reporting
+    def state_dump(self) -> str:
+        e = self.engine
+        lines = []
+        try:
+            regs = " ".join(f"{n}={e.reg(n):#x}" for n in ("rax", "rbx", "rcx", "rdx", "rsi", "rdi",
+                                                             "rbp", "rsp"))
+            lines.append(regs)
+            lines.append(" ".join(f"{n}={e.reg(n):#x}" for n in ("r8", "r9", "r10", "r11", "r12", "r13",
+                                                                 "r14", "r15")))
+            lines.append(f"rip={e.rip:#x} rflags={e.reg('rflags'):#x} cpl={e.cpl()} efer={self.msr_state.efer:#x}")
+            lines.append(f"cr0={e.reg('cr0'):#x} cr2={e.reg('cr2'):#x} cr3={e.reg('cr3'):#x} cr4={e.reg('cr4'):#x}")
+            for s in ("cs", "ss", "ds", "tr", "gdtr", "idtr"):
+                sg = e.segment(s)
+                lines.append(f"{s}: sel={sg.selector:#x} base={sg.base:#x} limit={sg.limit:#x} flags={sg.flags:#x}")
+        except Exception as ex:   # noqa: BLE001
+            lines.append(f"(state unavailable: {ex!r})")
+        lines.append("last exits (oldest first):")
+        for r in self.last_exits:
+            name = exit_name(r.code)
+            lines.append(f"  t={r.t_ns}ns {name} rip={r.rip:#x} {r.detail}")
+        return "\n".join(lines)
+
+
+def exit_name(code: int) -> str:
+    if SvmExit.EXCP_BASE <= code < SvmExit.EXCP_BASE + 32:
+        v = code - SvmExit.EXCP_BASE
+        try:
+            return f"EXCP_{Vector(v).name}"
+        except ValueError:
+            return f"EXCP_{v}"
+    try:
+        return SvmExit(code).name
+    except ValueError:
+        return f"EXIT_{code:#x}"
+
+
+__all__ = ["Vcpu", "GuestFault", "GuestGP", "DeliveryFault", "exit_name"]
