@@ -100,7 +100,7 @@ def _labels(src: str, base: int, names: list[str]) -> dict[str, int]:
 
 class AsmGuest:
     def __init__(self, kernel: str, user: str = "", memory: int = 16 << 20, idt_limit: int = 0xFFF,
-                 **cfg) -> None:
+                 **cfg: object) -> None:
         self.out: list[bytes] = []
         self.part = Partition(PartitionConfig(memory=memory, serial=self.out.append, **cfg))
         m = self.part.memory

@@ -63,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--trace", metavar="FILE", help="write a Chrome/Perfetto trace JSON")
     r.add_argument("--timeout", type=_positive_float, metavar="SECONDS")
     r.add_argument("--report", metavar="FILE", help="write the stop report to FILE as well")
+    r.add_argument("--cr-pin", dest="cr_pin", action="store_true", default=True,
+                   help="offer paravirtualized CR pinning to the guest (default)")
+    r.add_argument("--no-cr-pin", dest="cr_pin", action="store_false",
+                   help="hide CR pinning (KVM_FEATURE_CR_PIN clear, pin MSRs #GP)")
     t = sub.add_parser("trace", help="inspect trace files")
     tsub = t.add_subparsers(dest="trace_command", required=True, parser_class=_Parser)
     s = tsub.add_parser("summary")
@@ -102,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         sys.stdout.buffer.flush()
 
     tracer = None
-    cfg = PartitionConfig(memory=args.memory, serial=serial_file or to_stdout)
+    cfg = PartitionConfig(memory=args.memory, serial=serial_file or to_stdout, cr_pin=args.cr_pin)
     part = Partition(cfg)
     if args.trace:
         tracer = ChromeTracer(part.clock.now)
@@ -117,6 +121,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         serial_file.close()
     if tracer and args.trace:
         tracer.write(args.trace)
+    if part.crpin.blocked:
+        for b in part.crpin.blocked:
+            sys.stderr.write(f"vtlvisor: blocked CR{b.cr} write {b.old:#x} -> {b.attempted:#x} "
+                             f"at RIP {b.rip:#x} (CPL {b.cpl}): pinned bits\n")
     if result.reason is not StopReason.DEBUG_EXIT:
         report = f"vtlvisor: guest stopped: {result.reason.value}: {result.detail}\n"
         if result.reason not in (StopReason.POWER_OFF, StopReason.HOST_REQUEST):

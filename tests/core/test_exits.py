@@ -208,9 +208,25 @@ def test_umip_blocks_ring3_sgdt_but_ring0_sgdt_works():
 
 
 def test_svm_instructions_are_ud():
-    g = AsmGuest(resume("a") + ".byte 0x0f, 0x01, 0xd8\na:\n" + resume("b") + ".byte 0x0f, 0x01, 0xdc\nb:\n" + resume("c") + ".byte 0x0f, 0x01, 0xd9\nc:\n")
+    g = AsmGuest(resume("a") + ".byte 0x0f, 0x01, 0xd8\na:\n" + resume("b") + ".byte 0x0f, 0x01, 0xdc\nb:\n"
+                 + resume("c") + ".byte 0x0f, 0x01, 0xda\nc:\n")      # vmrun, stgi, vmload
     g.run()
     assert [e[0] for e in g.log()] == [UD, UD, UD]
+
+
+def test_vmmcall_and_intel_vmcall_reach_the_kvm_hypercall_abi():
+    g = AsmGuest(f"""
+        mov rax, 0xdead
+        .byte 0x0f, 0x01, 0xd9          ; vmmcall
+        mov [{SCRATCH:#x}], rax
+        mov rax, 0xdead
+        .byte 0x0f, 0x01, 0xc1          ; vmcall (Intel): #UD on AMD, handled as a hypercall
+        mov [{SCRATCH + 8:#x}], rax
+    """)
+    g.run()
+    assert g.u64(SCRATCH) == (-1000) & 0xFFFFFFFFFFFFFFFF
+    assert g.u64(SCRATCH + 8) == (-1000) & 0xFFFFFFFFFFFFFFFF
+    assert g.log() == []
 
 
 def test_ring3_port_io_is_gp_with_iopl0():

@@ -20,6 +20,8 @@ from ..x86.arch import CR0
 from ..x86.cpuid import CpuidModel
 from ..x86.svm import SvmExit, intercept_bit
 from .clock import VirtualClock
+from .crpin import CrPinning
+from .kvm import KvmInterface
 from .msrs import MsrTable
 from .stop import RunResult, StopReason
 from .vcpu import Vcpu
@@ -49,6 +51,8 @@ class PartitionConfig:
     serial: BinaryIO | Callable[[bytes], None] | None = None
     trace: Callable[[str, dict], None] | None = None
     extra_intercepts: list[SvmExit] = field(default_factory=list)
+    #: paravirtualized CR pinning (KVM_FEATURE_CR_PIN, the pin MSRs, Heki's hypercall)
+    cr_pin: bool = True
 
 
 class Partition:
@@ -70,6 +74,12 @@ class Partition:
         self.vcpu = Vcpu(self.engine, self.memory, self.platform.io, self.platform.lapic, self.cpuid,
                          self.clock, self.msrs)
         self.vcpu.hooks.trace = cfg.trace
+        self.crpin = CrPinning(enabled=cfg.cr_pin)
+        self.kvm = KvmInterface(self.crpin)
+        self.msrs.providers.append(self.crpin)
+        self.cpuid.hypervisor_leaves.append(self.kvm.cpuid)
+        self.vcpu.hooks.hypercall = self.kvm.hypercall
+        self.vcpu.hooks.cr_write_filters.append(self.crpin.cr_write_filter)
         self.boot_state: BootState | None = None
 
     # ------------------------------------------------------------------ physical address space
@@ -156,6 +166,18 @@ class Partition:
                                 cr_write=CR_WRITE_INTERCEPTS, exceptions=EXCEPTION_INTERCEPTS)
         self.vcpu.msr_state.efer = bs.efer
         return self
+
+    def reset_vcpu_state(self) -> None:
+        """What a vCPU reset/INIT/reboot must clear beyond the CPU registers: the CR pins (the
+        series requires host userspace to clear them; INIT does not reset MSRs on hardware)."""
+        self.crpin.reset()
+
+    def save_state(self) -> dict:
+        """Hypervisor-owned state that a snapshot must carry (CPU/RAM are the engine's)."""
+        return {"crpin": self.crpin.save()}
+
+    def restore_state(self, state: dict) -> None:
+        self.crpin.restore(state["crpin"])
 
     def run(self, timeout: float | None = None) -> RunResult:
         if self.boot_state is None:

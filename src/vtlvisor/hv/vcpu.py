@@ -99,6 +99,11 @@ class Vcpu:
         self.last_exits: deque[ExitRecord] = deque(maxlen=32)
         self._pending_outer: Callable[[], None] | None = None
         self._io_fault_pending = False
+        #: debugger (gdb stub): ``on_stop(vcpu, reason)`` blocks while the guest is stopped
+        self.debugger = None
+        self._pause_reason: str | None = None
+        #: when set, the next engine run executes exactly one instruction (debugger single-step)
+        self.single_step = False
         self._pending_events: deque[Event] = deque()
         self._kicked = threading.Event()
         self._running = False
@@ -687,6 +692,12 @@ class Vcpu:
             self.result = RunResult(reason, detail, status)
         self.engine.stop()
 
+    def request_pause(self, reason: str = "pause") -> None:
+        """Thread-safe: stop the guest at the next instruction boundary and hand control to the
+        debugger (``debugger.on_stop``) from the vCPU thread. The guest resumes when it returns."""
+        self._pause_reason = reason
+        self.engine.stop()
+
     def _next_kick_ns(self) -> int | None:
         t = self.lapic.next_deadline()
         if self.lapic.pending_vector() is not None:
@@ -721,7 +732,13 @@ class Vcpu:
                 self._before_entry()
                 if self.result is not None:
                     break
-                err = self.engine.run()
+                if self.single_step:
+                    self.single_step = False
+                    err = self.engine.run(count=1)
+                    if self._pause_reason is None:
+                        self._pause_reason = "step"
+                else:
+                    err = self.engine.run()
                 self._kicked.set()
                 if err and self.result is None:
                     self._engine_error(err)
@@ -734,6 +751,10 @@ class Vcpu:
                     except Exception as e:   # noqa: BLE001
                         self._shutdown(StopReason.INTERNAL_ERROR,
                                        f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+                if self._pause_reason is not None and self.result is None:
+                    reason, self._pause_reason = self._pause_reason, None
+                    if self.debugger is not None:
+                        self.debugger.on_stop(self, reason)
         finally:
             self._running = False
             kicker.join(timeout=1)
