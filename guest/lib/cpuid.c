@@ -14,9 +14,11 @@ void cpu_detect(struct cpu_features *f)
         r = cpuid(1, 0);
         f->apic = !!(r.edx & CPUID1_EDX_APIC);
         f->x2apic = !!(r.ecx & CPUID1_ECX_X2APIC);
+        f->hypervisor = !!(r.ecx & CPUID1_ECX_HYPERVISOR);
     }
     if (f->max_leaf >= 7) {
         r = cpuid(7, 0);
+        f->fsgsbase = !!(r.ebx & CPUID7_EBX_FSGSBASE);
         f->smep = !!(r.ebx & CPUID7_EBX_SMEP);
         f->smap = !!(r.ebx & CPUID7_EBX_SMAP);
         f->umip = !!(r.ecx & CPUID7_ECX_UMIP);

@@ -14,6 +14,14 @@
 #define MSR_GS_BASE 0xc0000101u
 #define MSR_KERNEL_GS_BASE 0xc0000102u
 
+/* KVM paravirtual CR pinning (June 2020 RFC; CPUID 0x40000001 EAX bit 15). */
+#define MSR_KVM_CR0_PIN_ALLOWED 0x4b564d08u /* read-only */
+#define MSR_KVM_CR4_PIN_ALLOWED 0x4b564d09u /* read-only */
+#define MSR_KVM_CR0_PINNED_LOW 0x4b564d0au
+#define MSR_KVM_CR0_PINNED_HIGH 0x4b564d0bu
+#define MSR_KVM_CR4_PINNED_LOW 0x4b564d0cu
+#define MSR_KVM_CR4_PINNED_HIGH 0x4b564d0du
+
 #define EFER_SCE (1ull << 0)
 #define EFER_LME (1ull << 8)
 #define EFER_LMA (1ull << 10)

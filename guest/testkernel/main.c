@@ -124,21 +124,39 @@ static void cpu_protect(void)
             rdmsr(MSR_EFER));
 }
 
-/* tests=a,b,c on the command line selects checks (default: all). */
-static const char *tests_arg(void)
+/* The value of the first "key=value" word on the command line (ends at a space), or NULL. */
+static const char *cmdline_value(const char *key)
 {
     if (!cmdline_ok)
         return NULL;
+    size_t n = strlen(key);
     for (const char *p = cmdline; *p;) {
         while (*p == ' ')
             p++;
-        if (!strncmp(p, "tests=", 6))
-            return p + 6;
+        if (!strncmp(p, key, n) && p[n] == '=')
+            return p + n + 1;
         while (*p && *p != ' ')
             p++;
     }
     return NULL;
 }
+
+static bool word_is(const char *v, const char *s)
+{
+    size_t n = strlen(s);
+    return v && !strncmp(v, s, n) && (v[n] == 0 || v[n] == ' ');
+}
+
+static int word_len(const char *v)
+{
+    int n = 0;
+    while (v[n] && v[n] != ' ')
+        n++;
+    return n;
+}
+
+/* tests=a,b,c on the command line selects checks or groups of checks (default: all). */
+static const char *tests_arg(void) { return cmdline_value("tests"); }
 
 static bool list_has(const char *list, const char *name)
 {
@@ -161,8 +179,11 @@ static void check_unknown_names(const char *list)
         while (*q && *q != ',' && *q != ' ')
             q++;
         bool known = q == p;
-        for (size_t i = 0; i < n_tests && !known; i++)
+        for (size_t i = 0; i < n_tests && !known; i++) {
             known = strlen(tests[i].name) == (size_t)(q - p) && !strncmp(p, tests[i].name, q - p);
+            known = known || (tests[i].group && strlen(tests[i].group) == (size_t)(q - p) &&
+                              !strncmp(p, tests[i].group, q - p));
+        }
         if (!known) {
             kprintf("FAIL cmdline: unknown test name '%.*s'\n", (int)(q - p), p);
             n_failed++;
@@ -178,7 +199,7 @@ static void run_tests(void)
         check_unknown_names(sel);
     for (size_t i = 0; i < n_tests; i++) {
         const struct test *t = &tests[i];
-        if (sel && !list_has(sel, t->name))
+        if (sel && !list_has(sel, t->name) && !(t->group && list_has(sel, t->group)))
             continue;
         char detail[200];
         detail[0] = 0;
@@ -225,6 +246,26 @@ void kmain64(u32 magic, u32 mbi_phys)
     desc_init();
     mm_init(top);
     cpu_protect();
+
+    const char *crpin_arg = cmdline_value("crpin");
+    if (crpin_arg && !word_is(crpin_arg, "on") && !word_is(crpin_arg, "off")) {
+        kprintf("FAIL cmdline: crpin=%.*s (expected on or off)\n", word_len(crpin_arg), crpin_arg);
+        n_failed++;
+    }
+    n_failed += crpin_boot(word_is(crpin_arg, "off"));
+
+    const char *attack_arg = cmdline_value("attack");
+    if (attack_arg) {
+        if (!attack_select(attack_arg)) {
+            kprintf("FAIL cmdline: unknown attack '%.*s' (expected smep or wp)\n", word_len(attack_arg), attack_arg);
+            n_failed++;
+        }
+        if (n_failed) {
+            kprintf("FAILED %d\n", n_failed);
+            debug_exit((u32)n_failed);
+        }
+        attack_run(); /* runs only the attack; exits */
+    }
 
     run_tests();
 

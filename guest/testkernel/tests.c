@@ -9,17 +9,6 @@
 #include "lib/x86.h"
 #include "testkernel/kernel.h"
 
-#define FAILF(...)                          \
-    do {                                    \
-        ksnprintf(detail, dn, __VA_ARGS__); \
-        return 0;                           \
-    } while (0)
-#define SKIPF(...)                          \
-    do {                                    \
-        ksnprintf(detail, dn, __VA_ARGS__); \
-        return -1;                          \
-    } while (0)
-
 #define FRAME_SIZE sizeof(struct trapframe) /* 176: 16-byte aligned, CPU frame + our pushes */
 
 extern u32 boot_magic_seen;
@@ -29,10 +18,10 @@ extern bool cmdline_ok;
 extern struct multiboot_mmap_entry mmap_copy[];
 extern int mmap_count;
 
-static void reset_fault(void) { memset(&last_fault, 0, sizeof(last_fault)); }
+void reset_fault(void) { memset(&last_fault, 0, sizeof(last_fault)); }
 
 /* Check last_fault against an expected (vector, error, rip); cr2 unchecked if want_cr2 == ~0. */
-static int expect_fault(char *detail, size_t dn, const char *what, u64 vec, u64 err, u64 rip, u64 want_cr2)
+int expect_fault(char *detail, size_t dn, const char *what, u64 vec, u64 err, u64 rip, u64 want_cr2)
 {
     if (last_fault.count != 1)
         FAILF("%s: %lu exceptions recorded, expected 1", what, last_fault.count);
@@ -46,11 +35,6 @@ static int expect_fault(char *detail, size_t dn, const char *what, u64 vec, u64 
         FAILF("%s: cr2 0x%lx, expected 0x%lx", what, last_fault.cr2, want_cr2);
     return 1;
 }
-#define EXPECT(...)                                              \
-    do {                                                         \
-        if (!expect_fault(detail, dn, __VA_ARGS__))              \
-            return 0;                                            \
-    } while (0)
 
 /* ---- mbi ---- */
 static int t_mbi(char *detail, size_t dn)
@@ -268,7 +252,7 @@ static int t_user_syscall(char *detail, size_t dn)
 }
 
 /* ---- user-fault ---- */
-static int expect_kill(char *detail, size_t dn, const char *what, const void *prog, u64 arg, u64 vec, u64 err,
+int expect_kill(char *detail, size_t dn, const char *what, const void *prog, u64 arg, u64 vec, u64 err,
                        u64 cr2, u64 rip)
 {
     struct user_run *u = &user_run_info;
@@ -488,17 +472,35 @@ static int t_smap(char *detail, size_t dn)
 /* Run order; the checks that can take the whole VM down on a broken platform
  * (timer: hlt forever; double-fault: triple fault) come last. */
 const struct test tests[] = {
-    {"mbi", t_mbi},
-    {"pf-demand", t_pf_demand},
-    {"exceptions", t_exceptions},
-    {"protection", t_protection},
-    {"ist-df", t_ist_df},
-    {"user-syscall", t_user_syscall},
-    {"user-fault", t_user_fault},
-    {"umip", t_umip},
-    {"smep", t_smep},
-    {"smap", t_smap},
-    {"timer", t_timer},
-    {"double-fault", t_double_fault},
+    {"mbi", t_mbi, NULL},
+    {"pf-demand", t_pf_demand, NULL},
+    {"exceptions", t_exceptions, NULL},
+    {"protection", t_protection, NULL},
+    {"ist-df", t_ist_df, NULL},
+    {"user-syscall", t_user_syscall, NULL},
+    {"user-fault", t_user_fault, NULL},
+    {"umip", t_umip, NULL},
+    {"smep", t_smep, NULL},
+    {"smap", t_smap, NULL},
+    {"crpin-allowed", t_crpin_allowed, "crpin"},
+    {"crpin-allowed-ro", t_crpin_allowed_ro, "crpin"},
+    {"crpin-pins", t_crpin_pins, "crpin"},
+    {"crpin-disallowed", t_crpin_disallowed, "crpin"},
+    {"crpin-unpin", t_crpin_unpin, "crpin"},
+    {"crpin-pin-low", t_crpin_pin_low, "crpin"},
+    {"crpin-cr4-set-low", t_crpin_cr4_set_low, "crpin"},
+    {"crpin-cr4-clear", t_crpin_cr4_clear, "crpin"},
+    {"crpin-cr0-wp", t_crpin_cr0_wp, "crpin"},
+    {"crpin-lmsw-clts", t_crpin_lmsw_clts, "crpin"},
+    {"crpin-hc-version", t_crpin_hc_version, "crpin"},
+    {"crpin-hc-cr0-nowp", t_crpin_hc_cr0_nowp, "crpin"},
+    {"crpin-hc-cr4-disallowed", t_crpin_hc_cr4_disallowed, "crpin"},
+    {"crpin-hc-cr4-clear", t_crpin_hc_cr4_clear, "crpin"},
+    {"crpin-hc-args", t_crpin_hc_args, "crpin"},
+    {"crpin-hc-lock", t_crpin_hc_lock, "crpin"},
+    {"crpin-hc-user", t_crpin_hc_user, "crpin"},
+    {"crpin-hc-unknown", t_crpin_hc_unknown, "crpin"},
+    {"timer", t_timer, NULL},
+    {"double-fault", t_double_fault, NULL},
 };
 const size_t n_tests = ARRAY_SIZE(tests);

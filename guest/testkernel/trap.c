@@ -19,7 +19,7 @@ struct user_run user_run_info;
 static struct kjmp user_jmp;
 static volatile bool user_active;
 
-static const char *const exc_names[32] = {
+const char *const exc_names[32] = {
     "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "CSO", "#TS", "#NP", "#SS", "#GP", "#PF", "#15",
     "#MF", "#AC", "#MC", "#XM", "#VE", "#CP", "#22", "#23", "#24", "#25", "#26", "#27", "#HV", "#VC", "#SX", "#31",
 };
@@ -75,6 +75,9 @@ static void do_syscall(struct trapframe *tf)
     case SYS_ADD:
         tf->rax = tf->rdi + tf->rsi;
         return;
+    case SYS_VULN_CALL: /* -ENOSYS unless attack=... */
+        tf->rax = sys_vuln_call(tf->rdi, tf->rsi, tf->rdx);
+        return;
     default:
         tf->rax = (u64)-38; /* -ENOSYS */
         return;
@@ -94,6 +97,23 @@ int run_user(const void *entry_sym, u64 arg)
     if (smap_on)
         clac();
     return r;
+}
+
+/* Kill the current user process for an exception (in ring 3, or in ring 0 during one of its system calls). */
+static NORETURN void kill_user(struct trapframe *tf, u64 cr2)
+{
+    struct user_run *u = &user_run_info;
+    u64 vec = tf->vector;
+    u->result = USER_KILLED;
+    u->vector = vec;
+    u->error = tf->error;
+    u->cr2 = cr2;
+    u->rip = tf->rip;
+    u->cs = tf->cs;
+    u->frame = (u64)tf;
+    kprintf("  kernel: killed user process: %s vector=%lu error=0x%lx rip=%lx cr2=%lx\n", exc_names[vec], vec,
+            tf->error, tf->rip, cr2);
+    k_longjmp(&user_jmp, USER_KILLED);
 }
 
 static const struct fixup *find_fixup(u64 rip)
@@ -159,17 +179,7 @@ void trap_dispatch(struct trapframe *tf)
     if ((tf->cs & 3) == 3) {
         if (!user_active)
             panic_frame("ring-3 fault without a user process", tf, cr2);
-        struct user_run *u = &user_run_info;
-        u->result = USER_KILLED;
-        u->vector = vec;
-        u->error = tf->error;
-        u->cr2 = cr2;
-        u->rip = tf->rip;
-        u->cs = tf->cs;
-        u->frame = (u64)tf;
-        kprintf("  kernel: killed user process: %s vector=%lu error=0x%lx rip=%lx cr2=%lx\n", exc_names[vec], vec,
-                tf->error, tf->rip, cr2);
-        k_longjmp(&user_jmp, USER_KILLED);
+        kill_user(tf, cr2);
     }
 
     /* Demand paging of the kernel demand area. */
@@ -204,6 +214,17 @@ void trap_dispatch(struct trapframe *tf)
         }
         /* #BP is a trap: RIP already points after int3. */
         return;
+    }
+
+    /* attack=...: a kernel fault inside a system call is an oops that kills the process (as Linux does).
+     * A #GP on a CR-write gadget is the hypervisor refusing to clear a pinned bit. */
+    if (attack_mode && user_active && (tf->cs & 3) == 0) {
+        const char *g = attack_gadget_name(tf->rip);
+        kprintf("  kernel: oops in system call: %s error=0x%lx at rip=%lx%s%s%s\n", exc_names[vec], tf->error,
+                tf->rip, g ? " (" : "", g ? g : "", g ? ")" : "");
+        if (g && vec == 13 && !strncmp(g, "gadget_write_cr", 15))
+            kprintf("  kernel: #GP at the CR-write gadget: the control-register write was refused\n");
+        kill_user(tf, cr2);
     }
 
     if (test_active) {

@@ -113,6 +113,24 @@ user_prog_sgdt:
     mov $SYS_EXIT, %eax
     syscall
 
+/* KVM_HC_LOCK_CR_UPDATE(cr=0, mask=CR0.WP, flags=0) from ring 3 (must return -KVM_EPERM);
+ * RDI = 0: VMMCALL, 1: VMCALL.  exit(RAX). */
+    .globl user_prog_hypercall
+user_prog_hypercall:
+    mov $13, %eax
+    xor %ebx, %ebx
+    mov $0x10000, %ecx
+    xor %edx, %edx
+    test %rdi, %rdi
+    jnz 1f
+    vmmcall
+    jmp 2f
+1:  vmcall
+2:  mov %rax, %rdi
+    mov $SYS_EXIT, %eax
+    syscall
+    ud2
+
 /* Target for the SMEP test (the kernel "calls" this user page). */
     .globl user_ret_stub
 user_ret_stub:
