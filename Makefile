@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: all venv guest demo test lint bench clean
+.PHONY: all venv guest tools demo test lint bench clean
 
 all: venv guest
 
@@ -21,8 +21,12 @@ guest:
 demo: venv guest
 	$(BIN)/vtlvisor run guest/build/testkernel.elf --timeout 120
 
-test: venv guest
+test: venv guest tools
 	$(BIN)/pytest -q -n 2 tests
+
+# Debian tools the tests drive for real (gdb for the gdb-stub tests).
+tools:
+	@command -v gdb >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq --no-install-recommends gdb; }
 
 lint: venv
 	$(BIN)/ruff check src tests bench

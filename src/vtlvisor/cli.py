@@ -50,6 +50,14 @@ def _module(text: str) -> tuple[str, str]:
     return path, args
 
 
+def _gdb_address(text: str) -> tuple[str, int]:
+    from .gdbstub import parse_address
+    try:
+        return parse_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vtlvisor", description="A hypervisor for virtualization-based security research.")
     p.add_argument("-v", "--verbose", action="count", default=0)
@@ -63,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--trace", metavar="FILE", help="write a Chrome/Perfetto trace JSON")
     r.add_argument("--timeout", type=_positive_float, metavar="SECONDS")
     r.add_argument("--report", metavar="FILE", help="write the stop report to FILE as well")
+    r.add_argument("--gdb", type=_gdb_address, metavar="[HOST:]PORT",
+                   help="serve the GDB remote protocol (host defaults to 127.0.0.1; port 0 picks one)")
+    r.add_argument("--wait", action="store_true",
+                   help="with --gdb: stop before the first instruction until gdb continues")
     r.add_argument("--cr-pin", dest="cr_pin", action="store_true", default=True,
                    help="offer paravirtualized CR pinning to the guest (default)")
     r.add_argument("--no-cr-pin", dest="cr_pin", action="store_false",
@@ -89,6 +101,20 @@ def _stdin_pump(uart) -> None:
         uart.feed(data)
 
 
+def _gdb_stub(args: argparse.Namespace, part):
+    from .gdbstub import GdbStub
+    host, port = args.gdb
+    try:
+        stub = GdbStub(part, host, port)
+    except OSError as e:
+        raise VtlvisorError(f"cannot listen for gdb on {host}:{port}: {e.strerror or e}") from None
+    h, p = stub.address
+    sys.stderr.write(f"vtlvisor: gdb stub listening on {h}:{p}"
+                     f"{' (waiting for gdb to continue)' if args.wait else ''}\n")
+    sys.stderr.flush()
+    return stub
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from .hv.partition import Partition, PartitionConfig
     from .hv.stop import StopReason
@@ -113,9 +139,14 @@ def cmd_run(args: argparse.Namespace) -> int:
         part.vcpu.hooks.trace = tracer
         part.config.trace = tracer
     part.boot_image(args.image, cmdline=args.append, modules=args.module)
+    stub = _gdb_stub(args, part) if args.gdb else None
     if sys.stdin is not None and not sys.stdin.closed:
         threading.Thread(target=_stdin_pump, args=(part.platform.uart,), daemon=True).start()
+    if stub is not None:
+        stub.start(wait=args.wait)      # with --wait: blocks until gdb resumes the guest
     result = part.run(timeout=args.timeout)
+    if stub is not None:
+        stub.finish(result)
     part.platform.uart.flush() if hasattr(part.platform.uart, "flush") else None
     if serial_file:
         serial_file.close()
@@ -143,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.command == "run":
+            if args.wait and not args.gdb:
+                parser.error("--wait needs --gdb")
             return cmd_run(args)
         if args.command == "trace":
             from .trace import summarize

@@ -27,6 +27,7 @@ import unicorn
 from unicorn import UC_ARCH_X86, UC_MODE_64, UC_PROT_ALL, Uc, UcError
 from unicorn import unicorn_const as ucc
 from unicorn import x86_const as X
+from unicorn.unicorn_py3.unicorn import uclib
 
 from ..errors import EngineMismatch
 from ..memory import GuestMemory
@@ -126,6 +127,13 @@ class Engine:
         uc.mem_map_ptr(HYP_BASE, self._hyp_size, UC_PROT_ALL, ctypes.addressof(self._hyp_c))
         self._pool_next = HYP_BASE + _POOL
         self.env = ui.EnvBlob(uc)
+        # Hot path: 64-bit register access straight through the C API (the Python binding's
+        # generic reg_read costs ~2.5 us, this ~0.6 us; a CPUID exit does ten of them).
+        self._h = uc._uch
+        self._regbuf = ctypes.c_uint64()
+        self._regref = ctypes.byref(self._regbuf)
+        self._rd = uclib.uc_reg_read
+        self._wr = uclib.uc_reg_write
         self._mmio = list(mmio or [])
         self._mmio_read = mmio_read
         self._mmio_write = mmio_write
@@ -331,25 +339,35 @@ class Engine:
         self.uc.emu_stop()
 
     # ------------------------------------------------------------------ registers
+    def _get(self, reg_id: int) -> int:
+        if self._rd(self._h, reg_id, self._regref):
+            raise UcError(self.uc.errno() if hasattr(self.uc, "errno") else 1)
+        return self._regbuf.value
+
+    def _set(self, reg_id: int, value: int) -> None:
+        self._regbuf.value = value & 0xFFFFFFFFFFFFFFFF
+        if self._wr(self._h, reg_id, self._regref):
+            raise UcError(1)
+
     def reg(self, name: str) -> int:
-        return self.uc.reg_read(REG[name])
+        return self._get(REG[name])
 
     def set_reg(self, name: str, value: int) -> None:
-        self.uc.reg_write(REG[name], value & 0xFFFFFFFFFFFFFFFF)
+        self._set(REG[name], value)
 
     def gpr(self, n: int) -> int:
-        return self.uc.reg_read(GPR[n])
+        return self._get(GPR[n])
 
     def set_gpr(self, n: int, value: int) -> None:
-        self.uc.reg_write(GPR[n], value & 0xFFFFFFFFFFFFFFFF)
+        self._set(GPR[n], value)
 
     @property
     def rip(self) -> int:
-        return self.uc.reg_read(X.UC_X86_REG_RIP)
+        return self._get(X.UC_X86_REG_RIP)
 
     @rip.setter
     def rip(self, value: int) -> None:
-        self.uc.reg_write(X.UC_X86_REG_RIP, value)
+        self._set(X.UC_X86_REG_RIP, value)
 
     def segment(self, name: str) -> Segment:
         """Read a segment register or table register with its hidden part (from the env blob)."""
@@ -437,6 +455,13 @@ class Engine:
         self.env.set64(ui.ENV_INTERCEPT, self.intercept)
         self.env.push()
 
+    def set_intercepts(self, value: int) -> None:
+        """Replace the whole general intercept vector (VTL switches carry their own)."""
+        self.intercept = value
+        self.env.pull()
+        self.env.set64(ui.ENV_INTERCEPT, value)
+        self.env.push()
+
     def set_cr_write_intercepts(self, mask: int) -> None:
         self.env.pull()
         self.env.set16(ui.ENV_INTERCEPT_CR_WRITE, mask)
@@ -466,6 +491,49 @@ class Engine:
             except UcError:
                 pass
         self._hooks.clear()
+
+    # ---- debugger support
+    #: x87 physical registers R0..R7 (ST(i) is R[(TOP + i) % 8]) and the other x87/SSE registers
+    _FP_PHYS = (X.UC_X86_REG_FP0, X.UC_X86_REG_FP1, X.UC_X86_REG_FP2, X.UC_X86_REG_FP3, X.UC_X86_REG_FP4,
+                X.UC_X86_REG_FP5, X.UC_X86_REG_FP6, X.UC_X86_REG_FP7)
+    _FPU_REG = {"fctrl": X.UC_X86_REG_FPCW, "fstat": X.UC_X86_REG_FPSW, "ftag": X.UC_X86_REG_FPTAG,
+                "fiseg": X.UC_X86_REG_FCS, "fioff": X.UC_X86_REG_FIP, "foseg": X.UC_X86_REG_FDS,
+                "fooff": X.UC_X86_REG_FDP, "fop": X.UC_X86_REG_FOP, "mxcsr": X.UC_X86_REG_MXCSR}
+
+    def add_mem_hook(self, cb: Callable[[bool, int, int, int], None], begin: int, end: int, *,
+                     read: bool = False, write: bool = False) -> int:
+        """Data accesses by guest instructions whose guest-virtual start address lies in [begin, end]:
+        ``cb(is_write, va, size, value)`` runs *before* the access. (Used for gdb watchpoints.) Do not
+        stop the engine from ``cb``: Unicorn then restarts the instruction and the access never
+        completes. Record the hit and stop at the next instruction boundary instead (a code hook).
+        Accesses the hypervisor makes through GuestMemory are not seen. Remove with ``del_hook``."""
+        types = (ucc.UC_HOOK_MEM_READ if read else 0) | (ucc.UC_HOOK_MEM_WRITE if write else 0)
+        if not types:
+            raise ValueError("add_mem_hook needs read and/or write")
+        return self.uc.hook_add(
+            types, lambda u, access, addr, size, value, d: cb(access == ucc.UC_MEM_WRITE, addr, size, value),
+            None, begin, end)
+
+    def fpu_reg(self, name: str) -> int:
+        """x87/SSE state for the debugger: ``st0``..``st7`` (stack order, 80-bit values as ints),
+        ``fctrl fstat ftag fiseg fioff foseg fooff fop``, ``xmm0``..``xmm15`` and ``mxcsr``."""
+        if name.startswith("st"):
+            top = (self.uc.reg_read(X.UC_X86_REG_FPSW) >> 11) & 7
+            mant, exp = self.uc.reg_read(self._FP_PHYS[(top + int(name[2:])) & 7])
+            return ((exp & 0xFFFF) << 64) | (mant & 0xFFFFFFFFFFFFFFFF)
+        if name.startswith("xmm"):
+            return self.uc.reg_read(getattr(X, f"UC_X86_REG_XMM{int(name[3:])}"))
+        return self.uc.reg_read(self._FPU_REG[name])
+
+    def set_fpu_reg(self, name: str, value: int) -> None:
+        if name.startswith("st"):
+            top = (self.uc.reg_read(X.UC_X86_REG_FPSW) >> 11) & 7
+            self.uc.reg_write(self._FP_PHYS[(top + int(name[2:])) & 7],
+                              (value & 0xFFFFFFFFFFFFFFFF, (value >> 64) & 0xFFFF))
+        elif name.startswith("xmm"):
+            self.uc.reg_write(getattr(X, f"UC_X86_REG_XMM{int(name[3:])}"), value & ((1 << 128) - 1))
+        else:
+            self.uc.reg_write(self._FPU_REG[name], value)
 
 
 class _HostMode:

@@ -27,6 +27,10 @@ class GuestGP(Exception):
         self.error_code = error_code
 
 
+class InterceptPending(Exception):  # noqa: N818 - a control-flow signal, not an error
+    """Raised by an intercept filter: the event went to a higher VTL; do not complete the instruction."""
+
+
 class MsrProvider(Protocol):
     """A paravirtual ABI's MSRs. Return None from read / False from write when not ours."""
 
@@ -80,8 +84,12 @@ class MsrTable:
         self.providers: list[MsrProvider] = []
         #: called before a write takes effect; returning True means "handled" (blocked/forwarded)
         self.write_filters: list[WriteFilter] = []
+        #: called before a read (may raise GuestGP / InterceptPending)
+        self.read_filters: list[Callable[[Vcpu, int], None]] = []
 
     def read(self, vcpu: Vcpu, msr: int) -> int:
+        for f in self.read_filters:
+            f(vcpu, msr)
         s = vcpu.msr_state
         for p in self.providers:
             v = p.msr_read(vcpu, msr)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
+from ..abi.hyperv import KVM_CPUID_BASE_WITH_HYPERV
 from ..devices.debug_exit import debug_exit_status
 from ..devices.platform import Platform
 from ..engine.engine import Engine, InitialState, Segment
@@ -25,6 +26,7 @@ from .kvm import KvmInterface
 from .msrs import MsrTable
 from .stop import RunResult, StopReason
 from .vcpu import Vcpu
+from .vsm import Vsm
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,8 @@ class PartitionConfig:
     extra_intercepts: list[SvmExit] = field(default_factory=list)
     #: paravirtualized CR pinning (KVM_FEATURE_CR_PIN, the pin MSRs, Heki's hypercall)
     cr_pin: bool = True
+    #: Hyper-V enlightenments with Virtual Secure Mode (KVM leaves move to 0x40000100)
+    hyperv: bool = False
 
 
 class Partition:
@@ -75,27 +79,49 @@ class Partition:
                          self.clock, self.msrs)
         self.vcpu.hooks.trace = cfg.trace
         self.crpin = CrPinning(enabled=cfg.cr_pin)
-        self.kvm = KvmInterface(self.crpin)
+        self.kvm = KvmInterface(self.crpin, base=KVM_CPUID_BASE_WITH_HYPERV if cfg.hyperv else 0x40000000)
         self.msrs.providers.append(self.crpin)
-        self.cpuid.hypervisor_leaves.append(self.kvm.cpuid)
-        self.vcpu.hooks.hypercall = self.kvm.hypercall
         self.vcpu.hooks.cr_write_filters.append(self.crpin.cr_write_filter)
+        self.vsm: Vsm | None = None
+        if cfg.hyperv:
+            self.vsm = Vsm(self)
+            self.cpuid.hypervisor_leaves.append(self.vsm.hv.cpuid)
+        self.cpuid.hypervisor_leaves.append(self.kvm.cpuid)
+        self.vcpu.hooks.hypercall = self._hypercall
         self.boot_state: BootState | None = None
+        self.base_intercept = 0
 
     # ------------------------------------------------------------------ physical address space
     def _map_physical(self) -> None:
         """RAM identity-mapped with 4 KiB NPT leaves (so protections can be per page); the LAPIC
         and the unassigned hole below 4 GiB go to MMIO regions (open bus: reads all-ones, traced)."""
-        eng, ram = self.engine, self.memory.size
-        self.npt = eng.new_npt()
-        self.npt.map_4k_range(0, 0, ram)
+        eng = self.engine
         eng.add_mmio(APIC_BASE, 0x1000, self._lapic_read, self._lapic_write)
-        self.npt.map_range(APIC_BASE, APIC_BASE, 0x1000)
-        hole_end = 1 << 32
-        for start, end in ((ram, APIC_BASE), (APIC_BASE + 0x1000, hole_end)):
-            if end > start:
-                eng.add_mmio(start, end - start, self._open_bus_read, self._open_bus_write)
-                self.npt.map_range(start, start, end - start)
+        for start, end in self._hole_ranges():
+            eng.add_mmio(start, end - start, self._open_bus_read, self._open_bus_write)
+        self.npt = self.build_npt()
+
+    def _hole_ranges(self) -> list[tuple[int, int]]:
+        ram = self.memory.size
+        return [(s, e) for s, e in ((ram, APIC_BASE), (APIC_BASE + 0x1000, 1 << 32)) if e > s]
+
+    def build_npt(self):
+        """A nested page table root with full access to RAM, the LAPIC and the open-bus hole (each
+        VTL gets its own root; protections then edit its RAM leaves)."""
+        npt = self.engine.new_npt()
+        npt.map_4k_range(0, 0, self.memory.size)
+        npt.map_range(APIC_BASE, APIC_BASE, 0x1000)
+        for start, end in self._hole_ranges():
+            npt.map_range(start, start, end - start)
+        return npt
+
+    def _hypercall(self, vcpu: Vcpu) -> None:
+        """VMMCALL goes to Hyper-V once the running VTL enabled its hypercall page, else to KVM
+        (as KVM does with kvm_hv_hypercall_enabled)."""
+        if self.vsm is not None and self.vsm.hv.enabled_for_active_vtl:
+            self.vsm.hv.hypercall(vcpu)
+        else:
+            self.kvm.hypercall(vcpu)
 
     def _device_clock(self) -> int:
         """Time as the LAPIC sees it: never past a timer deadline the vCPU has not processed yet,
@@ -162,6 +188,7 @@ class Partition:
         intercept = 0
         for code in (*CORE_INTERCEPTS, *self.config.extra_intercepts):
             intercept |= intercept_bit(code)
+        self.base_intercept = intercept
         self.engine.enter_guest(st, self.npt, intercept=intercept, cr_read=CR_READ_INTERCEPTS,
                                 cr_write=CR_WRITE_INTERCEPTS, exceptions=EXCEPTION_INTERCEPTS)
         self.vcpu.msr_state.efer = bs.efer

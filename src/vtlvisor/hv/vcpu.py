@@ -32,7 +32,7 @@ from ..x86.events import DeliveryFault, Event, EventKind, TripleFault, deliver
 from ..x86.paging import Access, NonCanonical, PageFault, PagingMode, read_virt
 from ..x86.svm import SvmExit
 from .clock import VirtualClock
-from .msrs import GuestGP, MsrState, MsrTable
+from .msrs import GuestGP, InterceptPending, MsrState, MsrTable
 from .stop import RunResult, StopReason
 
 if TYPE_CHECKING:
@@ -79,6 +79,8 @@ class VcpuHooks:
     #: (vcpu, exit code) -> handled; consulted for descriptor-table writes and other opt-in intercepts
     intercept_filters: list[Callable[[Vcpu, int], bool]] = field(default_factory=list)
     trace: Callable[[str, dict], None] | None = None
+    #: external interrupts are delivered only while this says so (VSM: only while VTL0 runs)
+    interrupts_allowed: Callable[[], bool] | None = None
 
 
 class Vcpu:
@@ -99,6 +101,7 @@ class Vcpu:
         self.last_exits: deque[ExitRecord] = deque(maxlen=32)
         self._pending_outer: Callable[[], None] | None = None
         self._io_fault_pending = False
+        self._vsm_bypass = False       # set while a higher VTL / the host writes registers (no intercepts)
         #: debugger (gdb stub): ``on_stop(vcpu, reason)`` blocks while the guest is stopped
         self.debugger = None
         self._pause_reason: str | None = None
@@ -172,6 +175,8 @@ class Vcpu:
                 self.inject(Event(Vector.GP, EventKind.EXCEPTION, gp.error_code))
             except GuestFault as f:
                 self.inject(Event(f.vector, EventKind.EXCEPTION, f.error_code, cr2=f.cr2))
+            except InterceptPending:
+                pass            # a higher VTL takes the event; the instruction is not completed
         except TripleFault as tf:
             self._shutdown(StopReason.TRIPLE_FAULT, str(tf))
         except Exception as e:   # noqa: BLE001 - the guest must never crash the hypervisor
@@ -483,8 +488,13 @@ class Vcpu:
     def _hypercall(self, ins_len: int) -> None:
         if self.hooks.hypercall is None:
             raise GuestFault(Vector.UD)
+        rip = self.engine.rip
         self.skip(ins_len)
-        self.hooks.hypercall(self)
+        try:
+            self.hooks.hypercall(self)
+        except (GuestFault, GuestGP):
+            self.engine.rip = rip      # a faulting hypercall instruction does not advance RIP
+            raise
 
     def _exit_shutdown(self, code: int) -> None:
         self._shutdown(StopReason.TRIPLE_FAULT, "shutdown intercept (engine-detected triple fault)")
@@ -659,6 +669,8 @@ class Vcpu:
         """Inject the LAPIC's highest pending vector if the guest can take it now."""
         vec = self.lapic.pending_vector()
         if vec is None:
+            return False
+        if self.hooks.interrupts_allowed is not None and not self.hooks.interrupts_allowed():
             return False
         if not self.reg("rflags") & RFLAGS.IF or self.engine.interrupt_shadow():
             return False
