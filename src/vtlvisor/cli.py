@@ -77,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --gdb: stop before the first instruction until gdb continues")
     r.add_argument("--cr-pin", dest="cr_pin", action="store_true", default=True,
                    help="offer paravirtualized CR pinning to the guest (default)")
+    r.add_argument("--hyperv", action="store_true",
+                   help="expose Hyper-V enlightenments and Virtual Secure Mode (VTLs) to the guest")
     r.add_argument("--no-cr-pin", dest="cr_pin", action="store_false",
                    help="hide CR pinning (KVM_FEATURE_CR_PIN clear, pin MSRs #GP)")
     t = sub.add_parser("trace", help="inspect trace files")
@@ -132,7 +134,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         sys.stdout.buffer.flush()
 
     tracer = None
-    cfg = PartitionConfig(memory=args.memory, serial=serial_file or to_stdout, cr_pin=args.cr_pin)
+    cfg = PartitionConfig(memory=args.memory, serial=serial_file or to_stdout, cr_pin=args.cr_pin,
+                          hyperv=args.hyperv)
     part = Partition(cfg)
     if args.trace:
         tracer = ChromeTracer(part.clock.now)
