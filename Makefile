@@ -19,7 +19,8 @@ guest:
 	$(MAKE) -C guest
 
 demo: venv guest
-	$(BIN)/vtlvisor run guest/build/testkernel.elf --timeout 120
+	$(BIN)/vtlvisor run guest/build/testkernel.elf --timeout 120 --append quiet
+	$(BIN)/vtlvisor attacks --json build-attacks.json
 
 test: venv guest tools
 	$(BIN)/pytest -q -n 2 tests

@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="expose Hyper-V enlightenments and Virtual Secure Mode (VTLs) to the guest")
     r.add_argument("--no-cr-pin", dest="cr_pin", action="store_false",
                    help="hide CR pinning (KVM_FEATURE_CR_PIN clear, pin MSRs #GP)")
+    a = sub.add_parser("attacks", help="run the attack matrix (each attack without and with its protection)")
+    a.add_argument("--only", metavar="NAME")
+    a.add_argument("--json", metavar="FILE")
+    a.add_argument("--trace-dir", metavar="DIR", help="write one trace per run into DIR")
     t = sub.add_parser("trace", help="inspect trace files")
     tsub = t.add_subparsers(dest="trace_command", required=True, parser_class=_Parser)
     s = tsub.add_parser("summary")
@@ -180,6 +184,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.wait and not args.gdb:
                 parser.error("--wait needs --gdb")
             return cmd_run(args)
+        if args.command == "attacks":
+            from .attacks import main_attacks
+            if args.trace_dir:
+                import os
+                os.makedirs(args.trace_dir, exist_ok=True)
+            return main_attacks(args.only, args.json, args.trace_dir)
         if args.command == "trace":
             from .trace import summarize
             try:

@@ -1,0 +1,150 @@
+"""The attack matrix: each attack is booted once without its protection and once with it.
+
+A row passes only when the attack *succeeds* without the protection (it proves the attack is real)
+and is *blocked* with it, and the blocked run carries evidence from the hypervisor (a blocked CR
+write at the faulting RIP, a GPA intercept, an injected #GP...). Attacks are guest programs that
+print one line ``ATTACK <name>: SUCCEEDED ...`` or ``ATTACK <name>: BLOCKED ...`` themselves.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+GUEST = ROOT / "guest" / "build"
+
+
+@dataclass(frozen=True)
+class Attack:
+    name: str
+    protection: str
+    models: str
+    image: str
+    without: dict            # PartitionConfig overrides + "append"
+    with_: dict
+
+
+@dataclass
+class RunOutcome:
+    outcome: str             # SUCCEEDED / BLOCKED / ERROR
+    line: str
+    evidence: list[str] = field(default_factory=list)
+    exit_status: int = 0
+    trace: str | None = None
+
+
+@dataclass
+class Row:
+    attack: str
+    protection: str
+    without: RunOutcome
+    with_: RunOutcome
+
+    @property
+    def ok(self) -> bool:
+        return self.without.outcome == "SUCCEEDED" and self.with_.outcome == "BLOCKED" and bool(self.with_.evidence)
+
+
+def catalogue() -> list[Attack]:
+    tk = str(GUEST / "testkernel.elf")
+    rows = [
+        Attack("smep", "CR pinning (CR4.SMEP)", "LKDTM UNSET_SMEP: mov %rdi,%cr4 gadget, then a user page run in ring 0",
+               tk, {"append": "attack=smep crpin=off"}, {"append": "attack=smep"}),
+        Attack("wp", "CR pinning (CR0.WP)", "clear CR0.WP, then write read-only kernel text",
+               tk, {"append": "attack=wp crpin=off"}, {"append": "attack=wp"}),
+        Attack("smep-host", "CR pinning offered by the host", "as smep; the host hides the feature (--no-cr-pin)",
+               tk, {"append": "attack=smep", "cr_pin": False}, {"append": "attack=smep"}),
+    ]
+    extra = GUEST / "attacks.json"           # further attacks contributed by the reference guest build
+    if extra.exists():
+        for a in json.loads(extra.read_text()):
+            rows.append(Attack(a["name"], a["protection"], a.get("models", ""), str(GUEST / a["image"]),
+                               a["without"], a["with"]))
+    return rows
+
+
+_LINE = re.compile(r"^ATTACK (\S+): (SUCCEEDED|BLOCKED)(.*)$", re.M)
+
+
+def run_one(attack: Attack, with_protection: bool, trace_dir: str | None = None) -> RunOutcome:
+    from .hv.partition import Partition, PartitionConfig
+    from .trace import ChromeTracer
+    spec = dict(attack.with_ if with_protection else attack.without)
+    append = spec.pop("append", "")
+    out = bytearray()
+    try:
+        part = Partition(PartitionConfig(memory=spec.pop("memory", 64 << 20), serial=out.extend, **spec))
+        tracer = ChromeTracer(part.clock.now) if trace_dir else None
+        if tracer:
+            part.vcpu.hooks.trace = tracer
+        part.boot_image(attack.image, cmdline=append)
+        result = part.run(timeout=60)
+    except Exception as e:   # noqa: BLE001 - a broken run is an ERROR row, not a crash of the matrix
+        return RunOutcome("ERROR", f"{type(e).__name__}: {e}")
+    text = out.decode(errors="replace")
+    m = next((m for m in _LINE.finditer(text) if m.group(1) == attack.name.split("-")[0]
+              or m.group(1) == attack.name), None)
+    evidence = [f"CR{b.cr} write {b.old:#x}->{b.attempted:#x} blocked at RIP {b.rip:#x} (CPL {b.cpl})"
+                for b in part.crpin.blocked]
+    vsm = part.vsm
+    if vsm is not None:
+        evidence += [f"VTL switches {vsm.switches}"] if vsm.switches else []
+    trace_file = None
+    if tracer and trace_dir:
+        trace_file = str(Path(trace_dir) / f"{attack.name}-{'with' if with_protection else 'without'}.json")
+        tracer.write(trace_file)
+    if m is None:
+        return RunOutcome("ERROR", f"no ATTACK line (stop: {result.reason.value} {result.detail[:80]})",
+                          evidence, result.exit_status, trace_file)
+    return RunOutcome(m.group(2), m.group(0).strip(), evidence, result.exit_status, trace_file)
+
+
+def _job(args: tuple[Attack, bool, str | None]) -> RunOutcome:
+    return run_one(*args)
+
+
+def run_matrix(only: str | None = None, trace_dir: str | None = None, jobs: int = 2,
+               progress=None) -> list[Row]:
+    attacks = [a for a in catalogue() if only is None or a.name == only]
+    if only is not None and not attacks:
+        from .errors import ConfigError
+        raise ConfigError(f"unknown attack '{only}' (known: {', '.join(a.name for a in catalogue())})")
+    work = [(a, w, trace_dir) for a in attacks for w in (False, True)]
+    results: dict[tuple[str, bool], RunOutcome] = {}
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        for (a, w, _), res in zip(work, pool.map(_job, work), strict=True):
+            results[(a.name, w)] = res
+            if progress:
+                progress(f"{a.name:<14} {'with' if w else 'without':<8} {res.outcome}")
+    return [Row(a.name, a.protection, results[(a.name, False)], results[(a.name, True)]) for a in attacks]
+
+
+def format_table(rows: list[Row]) -> str:
+    head = f"{'attack':<14} {'protection':<32} {'without':<10} {'with':<9} {'ok':<3} evidence"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        ev = r.with_.evidence[0] if r.with_.evidence else r.with_.line
+        lines.append(f"{r.attack:<14} {r.protection:<32} {r.without.outcome:<10} {r.with_.outcome:<9} "
+                     f"{'yes' if r.ok else 'NO':<3} {ev}")
+        lines.append(f"{'':<14} {'':<32} guest: {r.with_.line}")
+    passed = sum(r.ok for r in rows)
+    lines.append(f"{passed} of {len(rows)} attacks succeed without their protection and are blocked with it")
+    return "\n".join(lines)
+
+
+def to_json(rows: list[Row]) -> str:
+    return json.dumps([{"attack": r.attack, "protection": r.protection, "ok": r.ok,
+                        "without": asdict(r.without), "with": asdict(r.with_)} for r in rows], indent=2)
+
+
+def main_attacks(only: str | None, json_file: str | None, trace_dir: str | None) -> int:
+    rows = run_matrix(only, trace_dir, progress=lambda s: print(f"  {s}", file=sys.stderr, flush=True))
+    print(format_table(rows))
+    if json_file:
+        Path(json_file).write_text(to_json(rows))
+    return 0 if all(r.ok for r in rows) else 1
