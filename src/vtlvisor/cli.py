@@ -79,6 +79,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="offer paravirtualized CR pinning to the guest (default)")
     r.add_argument("--hyperv", action="store_true",
                    help="expose Hyper-V enlightenments and Virtual Secure Mode (VTLs) to the guest")
+    r.add_argument("--domains", action="store_true",
+                   help="offer capability-scoped security domains (KVM-style PV ABI, docs/domains.md)")
+    r.add_argument("--domain-policy", metavar="TOML",
+                   help="limit the boot domain's initial capabilities (implies --domains)")
     r.add_argument("--no-cr-pin", dest="cr_pin", action="store_false",
                    help="hide CR pinning (KVM_FEATURE_CR_PIN clear, pin MSRs #GP)")
     a = sub.add_parser("attacks", help="run the attack matrix (each attack without and with its protection)")
@@ -139,7 +143,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     tracer = None
     cfg = PartitionConfig(memory=args.memory, serial=serial_file or to_stdout, cr_pin=args.cr_pin,
-                          hyperv=args.hyperv)
+                          hyperv=args.hyperv, domains=args.domains, domain_policy=args.domain_policy)
     part = Partition(cfg)
     if args.trace:
         tracer = ChromeTracer(part.clock.now)

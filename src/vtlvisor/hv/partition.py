@@ -22,6 +22,7 @@ from ..x86.cpuid import CpuidModel
 from ..x86.svm import SvmExit, intercept_bit
 from .clock import VirtualClock
 from .crpin import CrPinning
+from .domains import Domains, Policy
 from .kvm import KvmInterface
 from .msrs import MsrTable
 from .stop import RunResult, StopReason
@@ -57,6 +58,9 @@ class PartitionConfig:
     cr_pin: bool = True
     #: Hyper-V enlightenments with Virtual Secure Mode (KVM leaves move to 0x40000100)
     hyperv: bool = False
+    #: capability-scoped domains (KVM-style PV ABI); a TOML policy path limits the boot domain's caps
+    domains: bool = False
+    domain_policy: str | None = None
 
 
 class Partition:
@@ -88,6 +92,10 @@ class Partition:
             self.cpuid.hypervisor_leaves.append(self.vsm.hv.cpuid)
         self.cpuid.hypervisor_leaves.append(self.kvm.cpuid)
         self.vcpu.hooks.hypercall = self._hypercall
+        self.domains: Domains | None = None
+        if cfg.domains or cfg.domain_policy:
+            policy = Policy.load(cfg.domain_policy, cfg.memory) if cfg.domain_policy else None
+            self.domains = Domains(self, policy)
         self.boot_state: BootState | None = None
         self.base_intercept = 0
 
