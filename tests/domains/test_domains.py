@@ -4,7 +4,6 @@ attenuation, recursive revocation, forged and stale handles, intercepts, pins, a
 import pytest
 from asmguest import RESUME, SCRATCH
 from domguest import (
-    CREATE,
     D1_CODE,
     D1_STACK,
     D2_CODE,
