@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = t.add_subparsers(dest="trace_command", required=True, parser_class=_Parser)
     s = tsub.add_parser("summary")
     s.add_argument("file")
+    rd = tsub.add_parser("render", help="draw the timeline as SVG")
+    rd.add_argument("file")
+    rd.add_argument("out")
     return p
 
 
@@ -195,10 +198,14 @@ def main(argv: list[str] | None = None) -> int:
                 os.makedirs(args.trace_dir, exist_ok=True)
             return main_attacks(args.only, args.json, args.trace_dir)
         if args.command == "trace":
-            from .trace import summarize
+            from .trace import render_svg, summarize
             try:
-                print(summarize(args.file))
-            except (OSError, ValueError) as e:
+                if args.trace_command == "render":
+                    n = render_svg(args.file, args.out)
+                    print(f"{n} events drawn to {args.out}")
+                else:
+                    print(summarize(args.file))
+            except (OSError, ValueError, KeyError, TypeError) as e:
                 raise VtlvisorError(f"cannot read trace '{args.file}': {e}") from None
             return 0
     except VtlvisorError as e:

@@ -50,3 +50,57 @@ def summarize(path: str | Path) -> str:
     for name, n in by_name.most_common():
         lines.append(f"{n:10d}  {name}")
     return "\n".join(lines)
+
+
+_COLORS = {"exit": "#4e79a7", "inject": "#e15759", "vtl_switch": "#f28e2b", "intercept": "#b07aa1",
+           "blocked_cr_write": "#d62728", "hypercall": "#59a14f", "gpa_violation": "#9c755f",
+           "io": "#bab0ac", "wrmsr": "#76b7b2", "write_cr": "#edc948"}
+
+
+def render_svg(path: str | Path, out: str | Path, width: int = 1400, max_labels: int = 60) -> int:
+    """Draw the trace as a timeline (one track per VTL / thread, one tick per event, coloured by
+    category, labels for the rarer events) in SVG, so it can be viewed without Perfetto."""
+    from html import escape
+    data = json.loads(Path(path).read_text())
+    events = [e for e in data.get("traceEvents", []) if e.get("ph") != "M"]
+    names = {e["tid"]: e["args"]["name"] for e in data.get("traceEvents", [])
+             if e.get("ph") == "M" and e.get("name") == "thread_name"}
+    tids = sorted({e.get("tid", 0) for e in events} | set(names))
+    if not events:
+        raise ValueError("trace has no events")
+    t0 = min(e["ts"] for e in events)
+    t1 = max(e["ts"] for e in events)
+    span = max(t1 - t0, 1e-3)
+    left, row_h, top = 110, 90, 40
+    height = top + row_h * len(tids) + 70
+    x = lambda ts: left + (ts - t0) / span * (width - left - 20)   # noqa: E731
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+             f'font-family="monospace" font-size="11">', f'<rect width="{width}" height="{height}" fill="white"/>',
+             f'<text x="{left}" y="20" font-size="14">vtlvisor trace: {len(events)} events, '
+             f'{span / 1000:.3f} ms of virtual time</text>']
+    counts = Counter(e["name"] for e in events)
+    labelled = 0
+    for row, tid in enumerate(tids):
+        y = top + row * row_h
+        parts.append(f'<rect x="{left}" y="{y}" width="{width - left - 20}" height="{row_h - 10}" fill="#f4f4f4"/>')
+        parts.append(f'<text x="8" y="{y + row_h / 2}" font-size="13">{escape(names.get(tid, f"track {tid}"))}</text>')
+        for e in events:
+            if e.get("tid", 0) != tid:
+                continue
+            cx = x(e["ts"])
+            color = _COLORS.get(e.get("cat", ""), "#666")
+            parts.append(f'<line x1="{cx:.1f}" y1="{y + 4}" x2="{cx:.1f}" y2="{y + row_h - 30}" stroke="{color}"/>')
+            if counts[e["name"]] <= 8 and labelled < max_labels:
+                labelled += 1
+                parts.append(f'<text x="{cx + 2:.1f}" y="{y + row_h - 16 - (labelled % 3) * 11}" fill="{color}">'
+                             f'{escape(e["name"])}</text>')
+    ly = top + row_h * len(tids) + 20
+    lx = left
+    for cat, color in _COLORS.items():
+        parts.append(f'<rect x="{lx}" y="{ly}" width="10" height="10" fill="{color}"/>'
+                     f'<text x="{lx + 14}" y="{ly + 9}">{cat}</text>')
+        lx += 20 + 8 * len(cat)
+    parts.append(f'<text x="{left}" y="{ly + 32}">0 us</text><text x="{width - 120}" y="{ly + 32}">'
+                 f'{span:.1f} us</text></svg>')
+    Path(out).write_text("\n".join(parts))
+    return len(events)
