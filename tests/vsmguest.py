@@ -123,6 +123,14 @@ c2:
     mov [rbx], rax
     jmp vret
 c3:
+    cmp rdi, 4
+    jne c3b
+    mov r11, {HC1 + 0x10:#x}
+    call r11
+    mov rbx, {V1LOG + 0x830:#x}
+    mov [rbx], rax
+    jmp vret
+c3b:
     cmp rdi, 3
     jne vret
     mov rcx, r13
