@@ -32,6 +32,11 @@ tools:
 lint: venv
 	$(BIN)/ruff check src tests bench
 
+# A bounded, seeded fuzz campaign of hostile guests (fuzz/README.md); exit 1 if anything was found.
+.PHONY: fuzz
+fuzz: venv
+	$(BIN)/python -m fuzz --seconds $(or $(FUZZ_SECONDS),180)
+
 bench: venv guest
 	$(BIN)/python bench/run_bench.py
 

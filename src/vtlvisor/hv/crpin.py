@@ -58,11 +58,16 @@ _MSR_FIELD = {
 }
 
 
+#: blocked-write records kept (the guest can retry forever; the count keeps growing, the list does not)
+BLOCKED_RECORDS_KEPT = 256
+
+
 @dataclass
 class CrPinning:
     enabled: bool = True
     pins: CrPins = field(default_factory=CrPins)
     blocked: list[BlockedWrite] = field(default_factory=list)
+    blocked_count: int = 0
 
     @staticmethod
     def allowed(cr: int) -> int:
@@ -103,8 +108,10 @@ class CrPinning:
         if cr not in (0, 4) or not self.violates(cr, new):
             return False
         rec = BlockedWrite(cr, old, new, vcpu.engine.rip, vcpu.cpl())
-        self.blocked.append(rec)
-        log.info("blocked CR%d write %#x -> %#x at RIP %#x (CPL %d): pinned bits", cr, old, new,
+        self.blocked_count += 1
+        if len(self.blocked) < BLOCKED_RECORDS_KEPT:
+            self.blocked.append(rec)
+        log.debug("blocked CR%d write %#x -> %#x at RIP %#x (CPL %d): pinned bits", cr, old, new,
                  rec.rip, rec.cpl)
         if vcpu.hooks.trace:
             vcpu.hooks.trace("blocked_cr_write", asdict(rec))

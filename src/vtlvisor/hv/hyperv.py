@@ -265,6 +265,10 @@ class HyperV:
             status, reps, out = handler(vcpu, call)
         except HypercallError as e:
             return e.status, e.reps_done
+        except struct.error:
+            # the fixed header does not fit in what the caller supplied (a fast call's 16 bytes, or
+            # an input block running into the end of its page)
+            return HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT, 0
         if out:
             if fast:
                 if len(out) > 16:
