@@ -76,6 +76,24 @@ int strncmp(const char *a, const char *b, size_t n)
     return 0;
 }
 
+char *strcpy(char *dst, const char *src)
+{
+    char *d = dst;
+    while ((*d++ = *src++))
+        ;
+    return dst;
+}
+
+char *strncpy(char *dst, const char *src, size_t n)
+{
+    size_t i = 0;
+    for (; i < n && src[i]; i++)
+        dst[i] = src[i];
+    for (; i < n; i++)
+        dst[i] = 0;
+    return dst;
+}
+
 char *strchr(const char *s, int c)
 {
     for (;; s++) {

@@ -13,6 +13,8 @@ size_t strnlen(const char *s, size_t max);
 int strcmp(const char *a, const char *b);
 int strncmp(const char *a, const char *b, size_t n);
 char *strchr(const char *s, int c);
+char *strcpy(char *dst, const char *src);
+char *strncpy(char *dst, const char *src, size_t n); /* NUL-pads; no terminator if src is too long */
 
 /* printf-lite: %c %s %d %i %u %x %X %p %%; flags '0' '-'; width; precision for %s
  * (".N" or ".*"); length l/ll/z.  Output goes to COM1 (kprintf). */

@@ -9,6 +9,8 @@
  * changed.  A CR write that should have faulted but went through is undone
  * before the check reports FAIL.
  */
+#include "lib/crpin.h"
+#include "lib/fixup.h"
 #include "lib/io.h"
 #include "lib/kvm_para.h"
 #include "lib/msr.h"
@@ -18,133 +20,9 @@
 
 #define CR0_ALLOWED CR0_WP
 #define CR4_ALLOWED (CR4_SMEP | CR4_SMAP | CR4_UMIP | CR4_FSGSBASE)
-#define CR4_BOOT_PINS (CR4_SMEP | CR4_SMAP | CR4_UMIP)
 
-enum crpin_state crpin_state;
-static char crpin_reason[96] = "not probed";
-static u64 boot_cr0_pins, boot_cr4_pins;
-
-/* ---- fault-tolerant MSR and CR access (fixup table) ---- */
-
-int rdmsr_safe(u32 msr, u64 *val, u64 *rip)
-{
-    u64 n0 = last_fault.count, r;
-    u32 lo = 0, hi = 0;
-    __asm__ volatile("lea 1f(%%rip), %0\n1: rdmsr\n2:\n" FIXUP_ENTRY("1b", "2b")
-                     : "=&r"(r), "+a"(lo), "+d"(hi)
-                     : "c"(msr)
-                     : "memory");
-    if (rip)
-        *rip = r;
-    *val = ((u64)hi << 32) | lo;
-    return last_fault.count != n0 ? (int)last_fault.vector : 0;
-}
-
-int wrmsr_safe(u32 msr, u64 v, u64 *rip)
-{
-    u64 n0 = last_fault.count, r;
-    __asm__ volatile("lea 1f(%%rip), %0\n1: wrmsr\n2:\n" FIXUP_ENTRY("1b", "2b")
-                     : "=&r"(r)
-                     : "c"(msr), "a"((u32)v), "d"((u32)(v >> 32))
-                     : "memory");
-    if (rip)
-        *rip = r;
-    return last_fault.count != n0 ? (int)last_fault.vector : 0;
-}
-
-static void try_write_cr0(u64 v, u64 *rip)
-{
-    __asm__ volatile("lea 1f(%%rip), %0\n1: mov %1, %%cr0\n2:\n" FIXUP_ENTRY("1b", "2b")
-                     : "=&r"(*rip)
-                     : "r"(v)
-                     : "memory");
-}
-
-static void try_write_cr4(u64 v, u64 *rip)
-{
-    __asm__ volatile("lea 1f(%%rip), %0\n1: mov %1, %%cr4\n2:\n" FIXUP_ENTRY("1b", "2b")
-                     : "=&r"(*rip)
-                     : "r"(v)
-                     : "memory");
-}
-
-static const char *msr_name(u32 msr)
-{
-    switch (msr) {
-    case MSR_KVM_CR0_PIN_ALLOWED:
-        return "CR0_PIN_ALLOWED";
-    case MSR_KVM_CR4_PIN_ALLOWED:
-        return "CR4_PIN_ALLOWED";
-    case MSR_KVM_CR0_PINNED_LOW:
-        return "CR0_PINNED_LOW";
-    case MSR_KVM_CR0_PINNED_HIGH:
-        return "CR0_PINNED_HIGH";
-    case MSR_KVM_CR4_PINNED_LOW:
-        return "CR4_PINNED_LOW";
-    case MSR_KVM_CR4_PINNED_HIGH:
-        return "CR4_PINNED_HIGH";
-    }
-    return "?";
-}
-
-/* ---- boot ---- */
-
-int crpin_boot(bool off)
-{
-    if (off) {
-        crpin_state = CRPIN_OFF;
-        ksnprintf(crpin_reason, sizeof(crpin_reason), "crpin=off on the command line");
-        kprintf("crpin: off\n");
-        return 0;
-    }
-    u32 max_leaf = 0, base = kvm_cpuid_base(&max_leaf);
-    u32 features = kvm_para_features(base, max_leaf);
-    if (!base) {
-        ksnprintf(crpin_reason, sizeof(crpin_reason), "no KVM CPUID signature at 0x40000000..0x4000ff00");
-    } else if (!(features & (1u << KVM_FEATURE_CR_PIN))) {
-        ksnprintf(crpin_reason, sizeof(crpin_reason), "KVM_FEATURE_CR_PIN clear (CPUID 0x%x EAX=0x%x)",
-                  base + KVM_CPUID_FEATURES, features);
-    } else {
-        crpin_state = CRPIN_ON;
-        ksnprintf(crpin_reason, sizeof(crpin_reason), "available");
-    }
-    if (crpin_state != CRPIN_ON) {
-        kprintf("crpin: unavailable\n");
-        return 0;
-    }
-
-    static const u32 msrs[] = {MSR_KVM_CR0_PIN_ALLOWED, MSR_KVM_CR4_PIN_ALLOWED, MSR_KVM_CR0_PINNED_HIGH,
-                               MSR_KVM_CR4_PINNED_HIGH};
-    u64 v[4];
-    for (int i = 0; i < 4; i++) {
-        int vec = rdmsr_safe(msrs[i], &v[i], NULL);
-        if (vec) {
-            kprintf("crpin: FAILED rdmsr %s (0x%x) took vector %d\n", msr_name(msrs[i]), msrs[i], vec);
-            return 1;
-        }
-    }
-    u64 cr0_pins = read_cr0() & CR0_WP & v[0], cr4_pins = read_cr4() & CR4_BOOT_PINS & v[1];
-    int vec = wrmsr_safe(MSR_KVM_CR0_PINNED_HIGH, v[2] | cr0_pins, NULL);
-    if (!vec)
-        vec = wrmsr_safe(MSR_KVM_CR4_PINNED_HIGH, v[3] | cr4_pins, NULL);
-    if (vec) {
-        kprintf("crpin: FAILED wrmsr to a PINNED_HIGH MSR took vector %d\n", vec);
-        return 1;
-    }
-    u64 cr0_high, cr4_high;
-    if (rdmsr_safe(MSR_KVM_CR0_PINNED_HIGH, &cr0_high, NULL) || rdmsr_safe(MSR_KVM_CR4_PINNED_HIGH, &cr4_high, NULL)) {
-        kprintf("crpin: FAILED reading back the PINNED_HIGH MSRs\n");
-        return 1;
-    }
-    boot_cr0_pins = cr0_pins;
-    boot_cr4_pins = cr4_pins;
-    kprintf("crpin: pinned CR0=0x%lx CR4=0x%lx\n", cr0_high, cr4_high);
-    if ((cr0_high & cr0_pins) != cr0_pins || (cr4_high & cr4_pins) != cr4_pins) {
-        kprintf("crpin: FAILED the MSRs do not hold the pins written (CR0 0x%lx, CR4 0x%lx)\n", cr0_pins, cr4_pins);
-        return 1;
-    }
-    return 0;
-}
+static void try_write_cr0(u64 v, u64 *rip) { write_cr0_safe(v, rip); }
+static void try_write_cr4(u64 v, u64 *rip) { write_cr4_safe(v, rip); }
 
 /* ---- check helpers ---- */
 
@@ -166,7 +44,7 @@ static int read_pins(char *detail, size_t dn, struct pins *p)
     for (int i = 0; i < 4; i++) {
         int vec = rdmsr_safe(m[i], dst[i], NULL);
         if (vec)
-            FAILF("rdmsr %s (0x%x) took vector %d", msr_name(m[i]), m[i], vec);
+            FAILF("rdmsr %s (0x%x) took vector %d", crpin_msr_name(m[i]), m[i], vec);
     }
     return 1;
 }
@@ -199,14 +77,14 @@ static int expect_wrmsr_gp(char *detail, size_t dn, const char *what, u32 msr, u
     READ_PINS(before);
     u64 old, now, rip;
     if (rdmsr_safe(msr, &old, NULL))
-        FAILF("%s: rdmsr %s faulted", what, msr_name(msr));
+        FAILF("%s: rdmsr %s faulted", what, crpin_msr_name(msr));
     reset_fault();
     wrmsr_safe(msr, v, &rip);
     if (last_fault.count == 0)
-        FAILF("%s: wrmsr %s <- 0x%lx did not fault", what, msr_name(msr), v);
+        FAILF("%s: wrmsr %s <- 0x%lx did not fault", what, crpin_msr_name(msr), v);
     EXPECT(what, 13, 0, rip, ~0ull);
     if (rdmsr_safe(msr, &now, NULL) || now != old)
-        FAILF("%s: %s changed from 0x%lx to 0x%lx", what, msr_name(msr), old, now);
+        FAILF("%s: %s changed from 0x%lx to 0x%lx", what, crpin_msr_name(msr), old, now);
     return pins_equal(detail, dn, what, &before);
 }
 #define WRMSR_GP(what, msr, v)                                  \
@@ -222,9 +100,9 @@ static int expect_wrmsr_ok(char *detail, size_t dn, const char *what, u32 msr, u
     reset_fault();
     int vec = wrmsr_safe(msr, v, NULL);
     if (vec)
-        FAILF("%s: wrmsr %s <- 0x%lx took vector %d error 0x%lx", what, msr_name(msr), v, vec, last_fault.error);
+        FAILF("%s: wrmsr %s <- 0x%lx took vector %d error 0x%lx", what, crpin_msr_name(msr), v, vec, last_fault.error);
     if (rdmsr_safe(msr, &now, NULL) || now != v)
-        FAILF("%s: %s reads 0x%lx after writing 0x%lx", what, msr_name(msr), now, v);
+        FAILF("%s: %s reads 0x%lx after writing 0x%lx", what, crpin_msr_name(msr), now, v);
     return 1;
 }
 #define WRMSR_OK(what, msr, v)                                  \
@@ -324,7 +202,7 @@ int t_crpin_allowed_ro(char *detail, size_t dn)
     for (int i = 0; i < 2; i++) {
         u64 v;
         if (rdmsr_safe(m[i], &v, NULL))
-            FAILF("rdmsr %s faulted", msr_name(m[i]));
+            FAILF("rdmsr %s faulted", crpin_msr_name(m[i]));
         WRMSR_GP("write the value read", m[i], v);
         WRMSR_GP("write 0", m[i], 0);
         WRMSR_GP("write ~0", m[i], ~0ull);

@@ -2,23 +2,7 @@
 #ifndef TESTKERNEL_KERNEL_H
 #define TESTKERNEL_KERNEL_H
 
-/* Selectors (kernel GDT; layout chosen for SYSCALL/SYSRET). */
-#define SEL_KCODE 0x08
-#define SEL_KDATA 0x10
-#define SEL_UCODE32 0x18 /* STAR[63:48] base: SYSRET SS=base+8, CS=base+16 */
-#define SEL_UDATA 0x20
-#define SEL_UCODE 0x28
-#define SEL_TSS 0x30
-
-/* Interrupt vectors. */
-#define VEC_DF 8
-#define VEC_PF 14
-#define VEC_TIMER 0x20
-#define VEC_PIC_BASE 0x30 /* 8259 remapped here (and masked) */
-#define VEC_IST_TEST 0x41 /* software-only gate on IST1 (same IST as #DF) */
-#define VEC_SYSCALL_INT 0x80
-#define VEC_SPURIOUS 0xff
-#define VEC_SYSCALL_INSN 0x100 /* pseudo vector for frames built by syscall_entry */
+#include "lib/desc.h"
 
 /* System call numbers (RAX; args RDI, RSI). */
 #define SYS_EXIT 0
@@ -34,29 +18,17 @@
 #define USER_DATA_VA (USER_BASE + 0x400000ull)
 #define USER_END (USER_BASE + 0x800000ull)
 
-#define STACK_SIZE 0x4000
 #define DEMAND_BASE 0xffffc00000000000ull /* kernel demand-paged area */
 #define DEMAND_PAGES 16
 
 #ifndef __ASSEMBLER__
+#include "lib/cpu.h"
 #include "lib/cpuid.h"
+#include "lib/crpin.h"
+#include "lib/fixup.h"
+#include "lib/paging.h"
+#include "lib/trap.h"
 #include "lib/types.h"
-
-struct trapframe {
-    u64 r15, r14, r13, r12, r11, r10, r9, r8, rbp, rdi, rsi, rdx, rcx, rbx, rax;
-    u64 vector, error, rip, cs, rflags, rsp, ss;
-};
-
-struct kjmp {
-    u64 rbx, rbp, r12, r13, r14, r15, rsp, rip;
-};
-int k_setjmp(struct kjmp *j) __attribute__((returns_twice));
-NORETURN void k_longjmp(struct kjmp *j, int val);
-
-/* entry.S */
-extern char isr_stubs[]; /* 256 stubs, 16 bytes each */
-void syscall_entry(void);
-NORETURN void enter_user(u64 rip, u64 rsp, u64 arg);
 
 /* user.S (ring-3 programs, in .utext) */
 extern char user_prog_syscall[], user_prog_exit_int80[], user_prog_read_kernel[], user_prog_ud2[],
@@ -66,23 +38,7 @@ extern char user_prog_syscall[], user_prog_exit_int80[], user_prog_read_kernel[]
 extern char __kernel_start[], __text_end[], __rodata_end[], __utext_start[], __utext_end[], __data_start[],
     __kernel_end[];
 
-/* desc.c */
-extern char rsp0_stack[], ist1_stack[];
-#define RSP0_TOP ((u64)rsp0_stack + STACK_SIZE)
-#define IST1_TOP ((u64)ist1_stack + STACK_SIZE)
-extern u64 syscall_kstack_top;
-void desc_init(void);
-u8 idt_gate_ist(int vec);
-
 /* mm.c */
-#define PTE_P (1ull << 0)
-#define PTE_W (1ull << 1)
-#define PTE_U (1ull << 2)
-#define PTE_PWT (1ull << 3)
-#define PTE_PCD (1ull << 4)
-#define PTE_PS (1ull << 7)
-#define PTE_NX (1ull << 63)
-#define PTE_ADDR 0x000ffffffffff000ull
 extern u64 ram_top;
 void mm_init(u64 ram_top_bytes);
 u64 page_alloc(void); /* zeroed 4 KiB page, identity mapped */
@@ -91,10 +47,6 @@ u64 *pte_lookup(u64 va);
 u64 user_va(const void *utext_sym);
 
 /* trap.c */
-struct fault_record {
-    volatile u64 count, vector, error, rip, cr2, cs, frame;
-};
-extern struct fault_record last_fault; /* expected kernel-mode exceptions */
 extern volatile u64 timer_ticks, spurious_count, pic_count, demand_faults;
 extern volatile u64 ist_test_frame, ist_test_rsp;
 extern volatile u64 exec_fault_target; /* kernel #PF at this RIP: emulate "ret" */
@@ -104,7 +56,6 @@ extern struct kjmp test_jmp;
 extern volatile bool test_active;
 extern const char *volatile current_test;
 void trap_dispatch(struct trapframe *tf);
-extern const char *const exc_names[32];
 
 /* Result of running a user program. */
 enum user_result { USER_EXITED = 1, USER_KILLED = 2 };
@@ -118,8 +69,6 @@ extern struct user_run user_run_info;
 int run_user(const void *entry_sym, u64 arg);
 
 /* main.c */
-extern struct cpu_features cpu;
-extern bool smap_on, smep_on, umip_on, nx_on;
 void fail_count_inc(void);
 
 /* tests.c */
@@ -143,7 +92,6 @@ extern const size_t n_tests;
         ksnprintf(detail, dn, __VA_ARGS__); \
         return -1;                          \
     } while (0)
-void reset_fault(void);
 /* last_fault must hold exactly one (vec, err) fault at rip (0: any); cr2 unchecked if want_cr2 == ~0. */
 int expect_fault(char *detail, size_t dn, const char *what, u64 vec, u64 err, u64 rip, u64 want_cr2);
 #define EXPECT(...)                                 \
@@ -155,11 +103,6 @@ int expect_kill(char *detail, size_t dn, const char *what, const void *prog, u64
                 u64 rip);
 
 /* crpin.c: paravirtualized CR pinning */
-enum crpin_state { CRPIN_UNAVAILABLE, CRPIN_OFF, CRPIN_ON };
-extern enum crpin_state crpin_state;
-int crpin_boot(bool off); /* pins at boot, prints the crpin: line; returns the number of failures */
-int rdmsr_safe(u32 msr, u64 *val, u64 *rip); /* 0 or the exception vector; rip: the rdmsr */
-int wrmsr_safe(u32 msr, u64 val, u64 *rip);
 int t_crpin_allowed(char *, size_t), t_crpin_allowed_ro(char *, size_t), t_crpin_pins(char *, size_t),
     t_crpin_disallowed(char *, size_t), t_crpin_unpin(char *, size_t), t_crpin_pin_low(char *, size_t),
     t_crpin_cr4_set_low(char *, size_t), t_crpin_cr4_clear(char *, size_t), t_crpin_cr0_wp(char *, size_t),
@@ -175,12 +118,6 @@ NORETURN void attack_run(void);
 u64 sys_vuln_call(u64 target, u64 arg1, u64 arg2);
 const char *attack_gadget_name(u64 rip); /* the gadget whose first instruction is at rip, or NULL */
 
-/* Fixup table: "1:" faulting insn, "2:" continuation. */
-struct fixup {
-    u64 insn, cont;
-};
-extern const struct fixup __fixup_start[], __fixup_end[];
-#define FIXUP_ENTRY(from, to) ".pushsection .fixup_table, \"a\"\n.balign 8\n.quad " from ", " to "\n.popsection\n"
 #endif
 
 #endif

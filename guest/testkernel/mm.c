@@ -13,17 +13,16 @@
  * data pages (U, RW NX).
  */
 #include "lib/io.h"
+#include "lib/lapic.h"
 #include "lib/string.h"
 #include "lib/x86.h"
 #include "testkernel/kernel.h"
 
 #define POOL_START 0x200000ull /* page pool: page tables, demand pages, user pages */
 #define POOL_END 0x400000ull
-#define LAPIC_PHYS 0xfee00000ull
 
 u64 ram_top;
 static u64 pool_next = POOL_START;
-static u64 *pml4;
 
 u64 page_alloc(void)
 {
@@ -37,52 +36,13 @@ u64 page_alloc(void)
     return pa;
 }
 
-static u64 leaf_flags(u64 flags) { return nx_on ? flags : (flags & ~PTE_NX); }
+static struct pgtable kpt = {.alloc = page_alloc};
 
-/* Returns the entry at `level` (1 = PT, 2 = PD) covering va, creating tables. */
-static u64 *walk(u64 va, int level, u64 uflag)
-{
-    u64 *t = pml4;
-    for (int l = 4; l > level; l--) {
-        u64 *e = &t[(va >> (12 + 9 * (l - 1))) & 511];
-        if (!(*e & PTE_P))
-            *e = page_alloc() | PTE_P | PTE_W | uflag;
-        else if (*e & PTE_PS)
-            return NULL;
-        *e |= uflag;
-        t = (u64 *)(*e & PTE_ADDR);
-    }
-    return &t[(va >> (12 + 9 * (level - 1))) & 511];
-}
+void map_page(u64 va, u64 pa, u64 flags) { pt_map(&kpt, va, pa, flags); }
 
-void map_page(u64 va, u64 pa, u64 flags)
-{
-    u64 *e = walk(va, 1, flags & PTE_U);
-    if (!e) {
-        kprintf("FATAL: map_page(%lx) hits a large page\n", va);
-        debug_exit(0xfe);
-    }
-    *e = (pa & PTE_ADDR) | leaf_flags(flags) | PTE_P;
-    invlpg(va);
-}
+static void map_2m(u64 va, u64 pa, u64 flags) { pt_map_2m(&kpt, va, pa, flags); }
 
-static void map_2m(u64 va, u64 pa, u64 flags)
-{
-    u64 *e = walk(va, 2, flags & PTE_U);
-    *e = (pa & ~0x1fffffull) | leaf_flags(flags) | PTE_P | PTE_PS;
-}
-
-u64 *pte_lookup(u64 va)
-{
-    u64 *t = pml4;
-    for (int l = 4; l > 1; l--) {
-        u64 e = t[(va >> (12 + 9 * (l - 1))) & 511];
-        if (!(e & PTE_P) || (e & PTE_PS))
-            return NULL;
-        t = (u64 *)(e & PTE_ADDR);
-    }
-    return &t[(va >> 12) & 511];
-}
+u64 *pte_lookup(u64 va) { return pt_lookup(&kpt, va); }
 
 u64 user_va(const void *utext_sym) { return USER_TEXT_VA + ((u64)utext_sym - (u64)__utext_start); }
 
@@ -99,7 +59,8 @@ void mm_init(u64 ram_top_bytes)
         kprintf("FATAL: kernel image ends at 0x%lx, past the page pool at 0x%llx\n", (u64)__kernel_end, POOL_START);
         debug_exit(0xfe);
     }
-    pml4 = (u64 *)page_alloc();
+    kpt.nx = nx_on;
+    kpt.pml4 = (u64 *)page_alloc();
 
     map_range(0x1000, (u64)__kernel_start, PTE_W | PTE_NX);
     map_range((u64)__kernel_start, (u64)__text_end, 0);
@@ -118,5 +79,5 @@ void mm_init(u64 ram_top_bytes)
         map_page(USER_STACK_VA + off, page_alloc(), PTE_U | PTE_W | PTE_NX);
     map_page(USER_DATA_VA, page_alloc(), PTE_U | PTE_W | PTE_NX);
 
-    write_cr3((u64)pml4);
+    write_cr3((u64)kpt.pml4);
 }

@@ -3,6 +3,8 @@
  * Expected kernel-mode faults are resumed through the fixup table
  * (FIXUP_ENTRY("1b", "2b"): fault at label 1 continues at label 2).
  */
+#include "lib/bootinfo.h"
+#include "lib/lapic.h"
 #include "lib/msr.h"
 #include "lib/multiboot.h"
 #include "lib/string.h"
@@ -11,14 +13,6 @@
 
 #define FRAME_SIZE sizeof(struct trapframe) /* 176: 16-byte aligned, CPU frame + our pushes */
 
-extern u32 boot_magic_seen;
-extern struct multiboot_info mbi_copy;
-extern char cmdline[];
-extern bool cmdline_ok;
-extern struct multiboot_mmap_entry mmap_copy[];
-extern int mmap_count;
-
-void reset_fault(void) { memset(&last_fault, 0, sizeof(last_fault)); }
 
 /* Check last_fault against an expected (vector, error, rip); cr2 unchecked if want_cr2 == ~0. */
 int expect_fault(char *detail, size_t dn, const char *what, u64 vec, u64 err, u64 rip, u64 want_cr2)
@@ -291,22 +285,9 @@ static int t_user_fault(char *detail, size_t dn)
 }
 
 /* ---- timer (xAPIC) ---- */
-#define LAPIC_ID 0x20
-#define LAPIC_VER 0x30
-#define LAPIC_TPR 0x80
-#define LAPIC_SVR 0xf0
-#define LAPIC_LVT_TIMER 0x320
-#define LAPIC_LVT_LINT0 0x350
-#define LAPIC_TIMER_ICR 0x380
-#define LAPIC_TIMER_CCR 0x390
-#define LAPIC_TIMER_DCR 0x3e0
-#define LVT_MASKED (1u << 16)
-#define LVT_PERIODIC (1u << 17)
 #define TIMER_COUNT 200000u /* with divide-by-16 */
 #define PERIODIC_TICKS 5
 
-static u32 lapic_rd(u32 off) { return *(volatile u32 *)(0xfee00000ull + off); }
-static void lapic_wr(u32 off, u32 v) { *(volatile u32 *)(0xfee00000ull + off) = v; }
 
 static void spin_sti(u64 n)
 {

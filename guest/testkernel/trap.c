@@ -1,12 +1,12 @@
 /* Trap dispatch: interrupts, syscalls, demand paging, expected faults, user kills. */
 #include "lib/io.h"
+#include "lib/lapic.h"
 #include "lib/string.h"
 #include "lib/uart.h"
 #include "lib/x86.h"
 #include "testkernel/kernel.h"
 
 
-struct fault_record last_fault;
 volatile u64 timer_ticks, spurious_count, pic_count, demand_faults;
 volatile u64 ist_test_frame, ist_test_rsp;
 volatile u64 exec_fault_target;
@@ -18,11 +18,6 @@ const char *volatile current_test;
 struct user_run user_run_info;
 static struct kjmp user_jmp;
 static volatile bool user_active;
-
-const char *const exc_names[32] = {
-    "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "CSO", "#TS", "#NP", "#SS", "#GP", "#PF", "#15",
-    "#MF", "#AC", "#MC", "#XM", "#VE", "#CP", "#22", "#23", "#24", "#25", "#26", "#27", "#HV", "#VC", "#SX", "#31",
-};
 
 static void dump_frame(const struct trapframe *tf, u64 cr2)
 {
@@ -40,8 +35,6 @@ static NORETURN void panic_frame(const char *why, struct trapframe *tf, u64 cr2)
     kprintf("FAILED 255\n");
     debug_exit(0xff);
 }
-
-static void lapic_eoi(void) { *(volatile u32 *)(0xfee00000ull + 0xb0) = 0; }
 
 /* System calls (from SYSCALL or int 0x80); user pointers checked, SMAP-aware. */
 static void do_syscall(struct trapframe *tf)
@@ -114,14 +107,6 @@ static NORETURN void kill_user(struct trapframe *tf, u64 cr2)
     kprintf("  kernel: killed user process: %s vector=%lu error=0x%lx rip=%lx cr2=%lx\n", exc_names[vec], vec,
             tf->error, tf->rip, cr2);
     k_longjmp(&user_jmp, USER_KILLED);
-}
-
-static const struct fixup *find_fixup(u64 rip)
-{
-    for (const struct fixup *f = __fixup_start; f < __fixup_end; f++)
-        if (f->insn == rip)
-            return f;
-    return NULL;
 }
 
 void trap_dispatch(struct trapframe *tf)

@@ -1,72 +1,12 @@
-/* Exception/interrupt stubs, SYSCALL entry, ring-3 entry, setjmp/longjmp. */
-#include "testkernel/kernel.h"
-
-.macro PUSH_REGS
-    push %rax
-    push %rbx
-    push %rcx
-    push %rdx
-    push %rsi
-    push %rdi
-    push %rbp
-    push %r8
-    push %r9
-    push %r10
-    push %r11
-    push %r12
-    push %r13
-    push %r14
-    push %r15
-.endm
-
-.macro POP_REGS
-    pop %r15
-    pop %r14
-    pop %r13
-    pop %r12
-    pop %r11
-    pop %r10
-    pop %r9
-    pop %r8
-    pop %rbp
-    pop %rdi
-    pop %rsi
-    pop %rdx
-    pop %rcx
-    pop %rbx
-    pop %rax
-.endm
+/* SYSCALL entry, ring-3 entry, setjmp/longjmp (shared by the VTL0 kernels). */
+#include "lib/desc.h"
+#include "lib/regs.S.inc"
 
     .text
-/* 256 stubs of exactly 16 bytes: push a dummy error code when the CPU
- * does not push one, push the vector, go to the common path. */
-    .balign 16
-    .globl isr_stubs
-isr_stubs:
-    .set vec, 0
-    .rept 256
-    .balign 16
-    .if (vec == 8) || ((vec >= 10) && (vec <= 14)) || (vec == 17) || (vec == 21) || (vec == 29) || (vec == 30)
-    .else
-    pushq $0
-    .endif
-    pushq $vec
-    jmp isr_common
-    .set vec, vec + 1
-    .endr
-
-isr_common:
-    PUSH_REGS
-    cld
-    mov %rsp, %rdi
-    call trap_dispatch
-    POP_REGS
-    add $16, %rsp                   /* vector + error code */
-    iretq
-
 /* SYSCALL: RCX=user RIP, R11=user RFLAGS, RSP still the user stack,
  * IF/TF/DF/AC/NT cleared by SFMASK.  Build a trapframe on the kernel
  * stack (same stack as TSS.RSP0) and return with SYSRET. */
+    .balign 16
     .globl syscall_entry
 syscall_entry:
     mov %rsp, syscall_user_rsp(%rip)
@@ -90,6 +30,7 @@ syscall_entry:
     sysretq
 
 /* enter_user(rip, rsp, arg): IRETQ to ring 3 with RDI=arg, IF=1. */
+    .balign 16
     .globl enter_user
 enter_user:
     pushq $(SEL_UDATA | 3)
@@ -114,6 +55,7 @@ enter_user:
     xor %r15d, %r15d
     iretq
 
+    .balign 16
     .globl k_setjmp
 k_setjmp:
     mov %rbx, 0(%rdi)
@@ -129,6 +71,7 @@ k_setjmp:
     xor %eax, %eax
     ret
 
+    .balign 16
     .globl k_longjmp
 k_longjmp:
     mov %esi, %eax

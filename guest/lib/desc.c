@@ -1,7 +1,8 @@
 /* GDT (kernel/user code+data, TSS), TSS stacks, IDT, SYSCALL MSRs. */
+#include "lib/desc.h"
 #include "lib/msr.h"
 #include "lib/string.h"
-#include "testkernel/kernel.h"
+#include "lib/trap.h"
 
 struct tss64 {
     u32 reserved0;
@@ -23,13 +24,8 @@ struct idt_gate {
     u32 zero;
 } PACKED;
 
-struct desc_ptr {
-    u16 limit;
-    u64 base;
-} PACKED;
-
 /* Accessed bits preset so the CPU never writes the GDT on segment loads. */
-static u64 gdt[8] ALIGNED(16) = {
+u64 gdt_table[8] ALIGNED(16) __ro_after_init = {
     0,
     0x00af9b000000ffffull, /* 0x08 kernel code 64 */
     0x00cf93000000ffffull, /* 0x10 kernel data */
@@ -39,8 +35,9 @@ static u64 gdt[8] ALIGNED(16) = {
     0,                     /* 0x30 TSS low  */
     0,                     /* 0x38 TSS high */
 };
-static struct tss64 tss ALIGNED(16);
-static struct idt_gate idt[256] ALIGNED(16);
+static struct tss64 tss ALIGNED(16) __ro_after_init;
+static struct idt_gate idt[256] ALIGNED(16) __ro_after_init;
+struct desc_ptr gdt_ptr __ro_after_init, idt_ptr __ro_after_init;
 
 char rsp0_stack[STACK_SIZE] ALIGNED(16);
 char ist1_stack[STACK_SIZE] ALIGNED(16);
@@ -69,11 +66,11 @@ void desc_init(void)
     tss.ist[0] = IST1_TOP;
     tss.iomap_base = sizeof(tss); /* no I/O bitmap: ring 3 IN/OUT -> #GP */
     u64 base = (u64)&tss, limit = sizeof(tss) - 1;
-    gdt[6] = (limit & 0xffff) | ((base & 0xffffff) << 16) | (0x89ull << 40) | (((limit >> 16) & 0xf) << 48) |
-             (((base >> 24) & 0xff) << 56);
-    gdt[7] = base >> 32;
+    gdt_table[6] = (limit & 0xffff) | ((base & 0xffffff) << 16) | (0x89ull << 40) | (((limit >> 16) & 0xf) << 48) |
+                   (((base >> 24) & 0xff) << 56);
+    gdt_table[7] = base >> 32;
 
-    struct desc_ptr gp = {sizeof(gdt) - 1, (u64)gdt};
+    gdt_ptr = (struct desc_ptr){sizeof(gdt_table) - 1, (u64)gdt_table};
     __asm__ volatile("lgdt %0\n\t"
                      "pushq %1\n\t"
                      "leaq 1f(%%rip), %%rax\n\t"
@@ -88,7 +85,7 @@ void desc_init(void)
                      "mov %%eax, %%fs\n\t"
                      "mov %%eax, %%gs\n\t"
                      :
-                     : "m"(gp), "i"(SEL_KCODE), "i"(SEL_KDATA)
+                     : "m"(gdt_ptr), "i"(SEL_KCODE), "i"(SEL_KDATA)
                      : "rax", "memory");
     __asm__ volatile("ltr %w0" : : "r"(SEL_TSS));
 
@@ -98,8 +95,8 @@ void desc_init(void)
     set_gate(VEC_DF, 0x8e, 1);
     set_gate(VEC_IST_TEST, 0x8e, 1);
     set_gate(VEC_SYSCALL_INT, 0xee, 0); /* DPL3: reachable with int 0x80 from ring 3 */
-    struct desc_ptr ip = {sizeof(idt) - 1, (u64)idt};
-    __asm__ volatile("lidt %0" : : "m"(ip));
+    idt_ptr = (struct desc_ptr){sizeof(idt) - 1, (u64)idt};
+    __asm__ volatile("lidt %0" : : "m"(idt_ptr));
 
     /* SYSCALL/SYSRET */
     syscall_kstack_top = RSP0_TOP;
