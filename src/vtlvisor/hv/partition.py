@@ -139,19 +139,15 @@ class Partition:
         d = self.platform.lapic.next_deadline() if hasattr(self, "platform") else None
         return now if d is None else min(now, d - 1)
 
-    def _timer_due(self) -> None:
-        d = self.platform.lapic.next_deadline()
-        if d is not None and self.clock.now() >= d:
-            self.engine.stop()        # let the run loop poll the timer and deliver
-
+    # The LAPIC callbacks never stop the engine themselves: a stop requested inside an MMIO callback
+    # makes Unicorn re-execute the access when it resumes (a guest writing TPR with a vector pending
+    # and IF=0 would loop forever). The kicker thread stops the engine for due timers and pending
+    # vectors instead (hv/vcpu.py), at most IRQ_POLL_NS later.
     def _lapic_read(self, addr: int, size: int) -> int:
-        self._timer_due()
         return self.platform.mmio.read(addr, size)
 
     def _lapic_write(self, addr: int, size: int, value: int) -> None:
         self.platform.mmio.write(addr, size, value)
-        if self.platform.lapic.pending_vector() is not None:
-            self.engine.stop()        # EOI/self-IPI/TPR change may unblock a pending vector
 
     def _open_bus_read(self, addr: int, size: int) -> int:
         self._on_unhandled("mmio", addr, size, None)

@@ -791,9 +791,33 @@ class Vsm:
         if vtl == 0 or vtl != self.active_vtl:
             raise HypercallError(HvStatus.HV_STATUS_ACCESS_DENIED)
 
+    def _guarded_by_higher(self, vtl: int, name: int, value: int) -> bool:
+        """Would the higher VTL intercept this change if ``vtl`` made it with an instruction? A VTL
+        must not get around its higher VTL's secure intercepts by SetVpRegisters on itself."""
+        higher = self.highest_enabled_above(vtl)
+        if higher is None:
+            return False
+        h = self.vtls[higher]
+        ctl = h.cr_intercept_control
+        v = self.vcpu
+        if name == HvRegisterName.HvX64RegisterCr0:
+            return bool(ctl & HvCrInterceptControl.Cr0Write and (v.reg("cr0") ^ value) & h.cr0_mask)
+        if name == HvRegisterName.HvX64RegisterCr4:
+            return bool(ctl & HvCrInterceptControl.Cr4Write and (v.reg("cr4") ^ value) & h.cr4_mask)
+        if name in _MSR_REGS:
+            bit = MSR_WRITE_INTERCEPT.get(_MSR_REGS[name])
+            return bool(bit is not None and ctl & bit)
+        table_bits = {HvRegisterName.HvX64RegisterGdtr: HvCrInterceptControl.GdtrWrite,
+                      HvRegisterName.HvX64RegisterIdtr: HvCrInterceptControl.IdtrWrite,
+                      HvRegisterName.HvX64RegisterLdtr: HvCrInterceptControl.LdtrWrite,
+                      HvRegisterName.HvX64RegisterTr: HvCrInterceptControl.TrWrite}
+        return bool(name in table_bits and ctl & table_bits[name])
+
     def set_register(self, vtl: int, name: int, value: int) -> None:
         v, t = self.vcpu, self.vtls[vtl]
         lo = value & MASK64
+        if vtl == self.active_vtl and self._guarded_by_higher(vtl, name, lo):
+            raise HypercallError(HvStatus.HV_STATUS_ACCESS_DENIED)
         if name in _GPR_REGS:
             reg = _GPR_REGS[name]
             if reg == "rip" and not canonical(lo):
