@@ -163,9 +163,6 @@ print("RESULT", cr.result.reason.value)
 """
 
 
-@pytest.mark.xfail(strict=True, reason="SIGSEGV inside Unicorn: when a VTL makes a page of the lower VTL's own "
-                   "page tables non-writable (HV_MAP_GPA_READABLE only), the engine's guest page walk (A/D "
-                   "update through the NPT) crashes the hypervisor process")
 def test_read_only_guest_page_table_page_does_not_crash_the_process():
     import subprocess
     import sys

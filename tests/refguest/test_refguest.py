@@ -221,8 +221,6 @@ def test_kernel_signature_covers_the_image(tmp_path):
     assert b.returncode != 1
 
 
-@pytest.mark.xfail(reason="vtlvisor gap: HvCallSetVpRegisters on a VTL's own registers skips the higher VTL's "
-                          "secure intercepts (docs/guest.md)", strict=False)
 def test_hyperguard_holds_against_setvpregisters_on_itself():
     b = boot("checks=setvpregs")
     assert b.check("setvpregs")[0] == "PASS", b.check("setvpregs")

@@ -17,8 +17,6 @@ def run(src: str) -> subprocess.CompletedProcess:
                           timeout=120, cwd=ROOT)
 
 
-@pytest.mark.xfail(reason="vtlvisor: execute permission checked on guest page-table pages; the NPF kills the "
-                          "process (SIGSEGV in Unicorn get_hphys)", strict=False)
 def test_nx_on_a_page_table_page_does_not_crash():
     """VTL1 makes VTL0's PML4 page (0x1000) R+W without execute; VTL0 only goes on running its code."""
     r = run("""

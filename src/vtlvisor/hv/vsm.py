@@ -175,6 +175,7 @@ class Vsm:
         self.vtls[0].npt = partition.npt
         self.active_vtl = 0
         self.partition_enabled: set[int] = {0}
+        self._pt_pages: set[int] = set()        # page-table pages of the VTL being protected
         self.hv = HyperV(self)
         self.switches = 0
         self.hv.handlers.update({
@@ -501,9 +502,38 @@ class Vsm:
             t.npt = self.p.build_npt()
         return t.npt
 
+    def page_table_pages(self, vtl: int, limit: int = 4096) -> set[int]:
+        """GPNs of VTL ``vtl``'s current 4-level page-table hierarchy (bounded).
+
+        Unicorn's nested walk crashes the process (SIGSEGV in get_hphys) when a *guest page-table*
+        access faults in the nested tables, so these pages keep full access in the NPT while their
+        protection is recorded (and enforced for hypervisor-side accesses). docs/vsm.md lists this."""
+        with self.viewing(vtl):
+            cr3 = self.vcpu.reg("cr3")
+        mem = self.p.memory
+        out: set[int] = set()
+        level = [cr3 & 0x000FFFFFFFFFF000]
+        for depth in range(4):
+            nxt = []
+            for table in level:
+                if not mem.contains(table, 4096) or len(out) >= limit:
+                    continue
+                out.add(table >> 12)
+                if depth == 3:
+                    continue
+                raw = mem.read(table, 4096)
+                for i in range(512):
+                    e = int.from_bytes(raw[8 * i:8 * i + 8], "little")
+                    if e & 1 and not (depth > 0 and e & 0x80):
+                        nxt.append(e & 0x000FFFFFFFFFF000)
+            level = nxt
+        return out
+
     def set_protection(self, vtl: int, gpn: int, flags: int) -> None:
         t = self.vtls[vtl]
         t.protections[gpn] = flags
+        if gpn in self._pt_pages:
+            flags = ALL_ACCESS            # see page_table_pages: never fault the engine's own walk
         t.npt.set(gpn << 12, npt_entry(gpn << 12, flags))
 
     def apply_default_mask(self, vtl: int, mask: int) -> None:
@@ -520,6 +550,8 @@ class Vsm:
                 npt.set(gpa, 0)
         for gpn, f in t.protections.items():
             npt.set(gpn << 12, npt_entry(gpn << 12, f))
+        for gpn in self.page_table_pages(vtl):
+            npt.set(gpn << 12, npt_entry(gpn << 12, ALL_ACCESS))
 
     def flush_after_protection_change(self) -> None:
         self.engine.flush_tlb()
@@ -637,6 +669,7 @@ class Vsm:
             return HvStatus.HV_STATUS_INVALID_PARAMETER, 0, b""
         elems = call.data[16:]
         done = 0
+        self._pt_pages = self.page_table_pages(target)
         for i in range(call.rep_start, call.rep_count):
             if 8 * (i + 1) > len(elems):
                 raise HypercallError(HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT, done)
