@@ -38,6 +38,7 @@ from unicorn.unicorn_py3.unicorn import uclib  # noqa: E402
 import vtlvisor.hv.vcpu as vcpu_mod  # noqa: E402
 import vtlvisor.x86.decode as dec_mod  # noqa: E402
 import vtlvisor.x86.events as ev_mod  # noqa: E402
+import vtlvisor.x86.paging as pg_mod  # noqa: E402
 from vtlvisor.x86.events import Event, EventKind  # noqa: E402
 
 CPUID_EXIT = 0x172            # EXCP_VMEXIT + SVM CPUID
@@ -150,7 +151,7 @@ class Wrappers:
 
 
 def instrument(part, w: Wrappers) -> None:
-    vc, eng, uc = part.vcpu, part.engine, part.engine.uc
+    vc, eng = part.vcpu, part.engine
     # the whole hook: re-register UC_HOOK_INTR around the same _on_intr
     eng.uc.hook_del(eng._hooks[0])
     on_intr = vc._on_intr
@@ -165,23 +166,22 @@ def instrument(part, w: Wrappers) -> None:
     for code, h in list(vc._handlers.items()):
         if code in (CPUID_EXIT - 0x100, EXCP_UD_CODE, 0x75):
             vc._handlers[code] = _timed(h, w, f"handler {h.__name__}")
-    for a in ("fetch_insn", "inject", "paging_mode", "segment", "load_segments", "reg", "set_reg", "cpl",
-              "long_mode", "skip", "_maybe_emulate_ud"):
+    for a in ("fetch_insn", "inject", "paging_mode", "segment", "reg", "set_reg", "cpl", "skip",
+              "_maybe_emulate_ud", "_peek_insn", "_mode_of", "_event_state", "event_commit"):
         w.wrap(vc, a, f"Vcpu.{a}")
-    for a in ("ack_exception", "exit_info_1", "code64", "set_segments"):
+    for a in ("exit_rip", "snapshot", "rflags", "cpuid_exit", "commit_transfer", "ack_exception", "exit_info_1",
+              "code64", "set_segments"):
         w.wrap(eng, a, f"Engine.{a}")
-    for a in ("reg_read", "reg_write", "context_update", "context_restore"):
-        w.wrap(uc, a, f"Uc.{a}")
     w.wrap(part.cpuid, "query", "CpuidModel.query")
     w.wrap(part.clock, "now", "VirtualClock.now")
     w.wrap(vcpu_mod, "deliver", "events.deliver")
     w.wrap(vcpu_mod, "read_virt", "paging.read_virt (fetch_insn)")
     w.wrap(dec_mod, "decode", "decode.decode (iced)")
-    for a in ("_deliver_once", "_sys_read", "_load_code_descriptor", "_push", "parse_gate64"):
-        w.wrap(ev_mod, a, f"events.{a}")
-    w.wrap(ev_mod, "walk", "paging.walk (_push)")
-    w.wrap(ev_mod, "write_virt", "paging.write_virt (_push)")
-    w.wrap(ev_mod, "read_virt", "paging.read_virt (_sys_read)")
+    w.wrap(ev_mod, "_deliver_once", "events._deliver_once")
+    for a in ("lookup", "read", "push"):
+        w.wrap(pg_mod.Translator, a, f"paging.Translator.{a}")
+    w.wrap(pg_mod, "_walk_long", "paging._walk_long")
+    w.wrap(pg_mod, "_set_ad", "paging._set_ad")
 
 
 def _timed(fn, w: Wrappers, name: str):

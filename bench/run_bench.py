@@ -84,9 +84,9 @@ def qemu_version() -> str | None:
 
 # ------------------------------------------------------------------------------------------ 1. compute
 
-def bench_compute(images: Path, rounds: int, use_qemu: bool, log) -> dict:
+def bench_compute(images: Path, rounds: int, use_qemu: bool, log, empty_kernel: Path = EMPTY_KERNEL) -> dict:
     """The empty-boot baseline is guest/build/testkernel.elf (it does not depend on BENCH_SCALE)."""
-    elf, mb, tk = images / "bench.elf", images / "bench-mb.elf", EMPTY_KERNEL
+    elf, mb, tk = images / "bench.elf", images / "bench-mb.elf", empty_kernel
     for p in (elf, tk) + ((mb,) if use_qemu else ()):
         if not p.exists():
             raise SystemExit(f"{p} is missing: run `make -C guest` first")
@@ -262,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", metavar="FILE", help="also write all samples and results as JSON")
     ap.add_argument("--rounds", type=int, help="compute rounds (default 5, quick 3)")
     ap.add_argument("--reps", type=int, help="repetitions of each loop benchmark (default 7, quick 5)")
+    ap.add_argument("--images", metavar="DIR", type=Path,
+                    help="prebuilt bench.elf, bench-mb.elf and testkernel.elf in DIR (default: guest/build)")
     ap.add_argument("--scale", type=int,
                     help="build images with this BENCH_SCALE into bench/build (default: guest/build as is)")
     ap.add_argument("--no-qemu", action="store_true", help="skip QEMU even if it is installed")
@@ -282,10 +284,11 @@ def main(argv: list[str] | None = None) -> int:
             "cpu": host_cpu(), "ncpu": os.cpu_count(), "python": platform.python_version(),
             "unicorn": getattr(unicorn, "__version__", "?"), "qemu": qv,
             "loadavg": " ".join(f"{x:.2f}" for x in os.getloadavg())}
-    images = build_images(scale) if scale else ROOT / "guest" / "build"
+    images = build_images(scale) if scale else (a.images or ROOT / "guest" / "build")
+    empty_kernel = a.images / "testkernel.elf" if a.images else EMPTY_KERNEL
     log(f"images: {images}")
     try:
-        comp = bench_compute(images, rounds, bool(qv) and not a.no_qemu, log)
+        comp = bench_compute(images, rounds, bool(qv) and not a.no_qemu, log, empty_kernel)
         loops = bench_loops(n_exit, n_exc, reps, log)
     except BenchError as e:
         print(f"BENCHMARK ERROR: {e}", file=sys.stderr)

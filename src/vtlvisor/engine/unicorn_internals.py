@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import ctypes
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import unicorn
+from unicorn import UcError
 from unicorn import x86_const as X
+from unicorn.unicorn_py3.unicorn import uclib
 
 from ..errors import EngineMismatch
 
@@ -76,6 +80,90 @@ DESC_L_MASK = 1 << 21
 EXCP_VMEXIT = 0x100
 
 
+def _packed(fields: list[tuple[int, str]]) -> struct.Struct:
+    """A little-endian Struct reading ``(offset, format char)`` fields of CPUX86State, padding the gaps."""
+    fmt, pos = "<", 0
+    for off, code in fields:
+        if off < pos:
+            raise ValueError("fields overlap")
+        fmt += (f"{off - pos}x" if off > pos else "") + code
+        pos = off + struct.calcsize("<" + code)
+    return struct.Struct(fmt)
+
+
+#: what one VM exit needs, in one unpack: RSP, RIP, hflags, the ten segment caches
+#: (selector, base, limit, flags each; ES..GS then LDTR, TR, GDTR, IDTR), CR0, CR3, CR4, error_code
+_SNAPSHOT = _packed([(ENV_REGS + 4 * 8, "Q"), (ENV_EIP, "Q"), (ENV_HFLAGS, "I")]
+                    + [f for i in range(10) for f in ((ENV_SEGS + i * SEG_SIZE, "I"),
+                                                       (ENV_SEGS + i * SEG_SIZE + 8, "QII"))]
+                    + [(ENV_CR0, "Q"), (ENV_CR3, "Q"), (ENV_CR4, "Q"), (ENV_ERROR_CODE, "I")])
+
+
+class CpuSnapshot(NamedTuple):
+    """The CPU state an exit handler or event delivery reads, from one ``EnvBlob.pull()``.
+    Segment fields: selector, base, limit, flags (QEMU's SegmentCache; the selector is 16 bits)."""
+
+    rsp: int
+    rip: int
+    hflags: int
+    es_sel: int
+    es_base: int
+    es_limit: int
+    es_flags: int
+    cs_sel: int
+    cs_base: int
+    cs_limit: int
+    cs_flags: int
+    ss_sel: int
+    ss_base: int
+    ss_limit: int
+    ss_flags: int
+    ds_sel: int
+    ds_base: int
+    ds_limit: int
+    ds_flags: int
+    fs_sel: int
+    fs_base: int
+    fs_limit: int
+    fs_flags: int
+    gs_sel: int
+    gs_base: int
+    gs_limit: int
+    gs_flags: int
+    ldt_sel: int
+    ldt_base: int
+    ldt_limit: int
+    ldt_flags: int
+    tr_sel: int
+    tr_base: int
+    tr_limit: int
+    tr_flags: int
+    gdt_sel: int
+    gdt_base: int
+    gdt_limit: int
+    gdt_flags: int
+    idt_sel: int
+    idt_base: int
+    idt_limit: int
+    idt_flags: int
+    cr0: int
+    cr3: int
+    cr4: int
+    #: SVM exit_info_1 / the pending exception's error code
+    error_code: int
+    #: from hflags: the CPL, and whether CS is a 64-bit code segment (long mode, CS.L)
+    cpl: int
+    code64: bool
+
+
+_tuple_new = tuple.__new__       # CpuSnapshot._make without its Python-level frame
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_I32 = struct.Struct("<i")
+_U64 = struct.Struct("<Q")
+_SEG_REST = struct.Struct("<QII")       # SegmentCache after the selector: base, limit, flags
+
+
 @dataclass(frozen=True)
 class Layout:
     """Offsets measured at start-up (they must equal the constants above)."""
@@ -104,7 +192,10 @@ def verify(uc: unicorn.Uc) -> Layout:
             f"unicorn {version} is installed but vtlvisor knows the internals of unicorn "
             f"{EXPECTED_UNICORN_VERSION} only; install unicorn=={EXPECTED_UNICORN_VERSION}")
     saved = {r: uc.reg_read(r) for r in (X.UC_X86_REG_RAX, X.UC_X86_REG_DR0, X.UC_X86_REG_RIP,
-                                         X.UC_X86_REG_CR3, X.UC_X86_REG_R15)}
+                                         X.UC_X86_REG_CR3, X.UC_X86_REG_R15, X.UC_X86_REG_FS_BASE,
+                                         X.UC_X86_REG_GS_BASE)}
+    uc.reg_write(X.UC_X86_REG_FS_BASE, 0x0000776655443320)
+    uc.reg_write(X.UC_X86_REG_GS_BASE, 0x0000112233445560)
     uc.reg_write(X.UC_X86_REG_RAX, 0x1122334455667788)
     uc.reg_write(X.UC_X86_REG_R15, 0x0F0E0D0C0B0A0908)
     uc.reg_write(X.UC_X86_REG_DR0, 0x8877665544332211)
@@ -121,6 +212,8 @@ def verify(uc: unicorn.Uc) -> Layout:
             "eip": (ENV_EIP, 0x0000123456789AB0),
             "cr[3]": (ENV_CR3, 0x0000000ABCDEF000),
             "dr[0]": (ENV_DR0, 0x8877665544332211),
+            "segs[FS].base": (ENV_SEGS + 4 * SEG_SIZE + 8, 0x0000776655443320),
+            "segs[GS].base": (ENV_SEGS + 5 * SEG_SIZE + 8, 0x0000112233445560),
         }
         for name, (off, val) in checks.items():
             got = struct.unpack_from("<Q", raw, header + off)[0]
@@ -132,6 +225,49 @@ def verify(uc: unicorn.Uc) -> Layout:
         raise EngineMismatch("unexpected Unicorn build (CPU state layout differs: "
                              + "; ".join(problems) + "); vtlvisor refuses to run")
     return Layout(header=header, error_code=ENV_ERROR_CODE)
+
+
+_HOOK_INTR_CFUNC = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint32, ctypes.c_void_p)
+
+#: libunicorn again, for the per-exit calls: without the binding's ``argtypes`` (every argument is
+#: already a ctypes object - the engine handle, a context, a byref - or a small int, a register id,
+#: so the per-argument ``from_param`` conversions only cost time: ~0.2 us of a ~0.45 us register
+#: read), and as a PyDLL: these calls return in well under a microsecond and never run Python
+#: (no hook fires), so they keep the GIL instead of releasing and re-taking it.
+_raw_lib = ctypes.PyDLL(uclib._name, handle=uclib._handle)
+
+
+def raw_function(name: str) -> ctypes._CFuncPtr:
+    """``uc_reg_read``, ``uc_reg_write``, ``uc_context_save``, ``uc_context_restore`` (int result)
+    for callers that pass only ctypes objects and small ints."""
+    if name not in ("uc_reg_read", "uc_reg_write", "uc_context_save", "uc_context_restore"):
+        raise ValueError(name)
+    fn = getattr(_raw_lib, name)
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def add_intr_hook(uc: unicorn.Uc, cb: Callable[[int], None]) -> int:
+    """``uc.hook_add(UC_HOOK_INTR, ...)`` with ``cb(intno)`` called straight from the ctypes
+    trampoline: the binding's generic path runs three more Python frames per exit (its exception
+    guard, the per-type adapter, our adapter). An exception escaping ``cb`` is handled as the
+    binding does: recorded on the Uc (``emu_start`` re-raises it) and the engine stopped. The
+    handle works with ``uc.hook_del``."""
+    def trampoline(_uc: int, intno: int, _data: int) -> None:
+        try:
+            cb(intno)
+        except BaseException as e:      # noqa: BLE001 - same contract as unicorn's uccallback
+            if uc._hook_exception is None:
+                uc._hook_exception = e
+            uc.emu_stop()
+
+    fptr = _HOOK_INTR_CFUNC(trampoline)
+    handle = ctypes.c_ulong()
+    err = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), unicorn.UC_HOOK_INTR, fptr, None, 1, 0)
+    if err:
+        raise UcError(err)
+    uc._callbacks[handle.value] = fptr      # keeps the trampoline alive; hook_del removes it
+    return handle.value
 
 
 def verify_guest_mode(env: EnvBlob, vmcb: int, nested_cr3: int, intercept: int) -> None:
@@ -153,62 +289,114 @@ def verify_guest_mode(env: EnvBlob, vmcb: int, nested_cr3: int, intercept: int) 
 class EnvBlob:
     """One reusable uc_context used as a window onto CPUX86State (a "VMCS" we can read and patch).
 
-    ``pull()`` copies the live CPU state in (context_update, ~0.4 us), ``push()`` writes it back
-    (context_restore, ~0.4 us). Between the two, fields are read and written in place with ctypes.
-    Do not use it for RFLAGS' arithmetic bits (they live in cc_src); write RFLAGS with reg_write
-    after ``push()``.
+    ``pull()`` copies the live CPU state in (context_update, ~0.3 us), ``push()`` writes it back
+    (context_restore, ~0.3 us): a memcpy of the whole CPUX86State either way, so a push must follow
+    a pull with no other change to the live state in between (it would be overwritten). Between
+    the two, fields are read and written in place. Do not use it for RFLAGS' arithmetic bits (they
+    live in cc_src); write RFLAGS with reg_write after ``push()``.
     """
 
     def __init__(self, uc: unicorn.Uc) -> None:
         self.uc = uc
         self.ctx = uc.context_save()
         self.base = self.ctx.context.value + CONTEXT_HEADER
+        #: the CPUX86State image as bytes (valid while ``ctx`` lives)
+        self.mem = memoryview((ctypes.c_char * (self.ctx.size - CONTEXT_HEADER)).from_address(self.base)).cast("B")
+        self._h = uc._uch                   # a c_void_p, as the raw functions need
+        self._c = self.ctx.context          # a c_void_p
+        self._save = raw_function("uc_context_save")
+        self._restore = raw_function("uc_context_restore")
 
     def pull(self) -> None:
-        self.uc.context_update(self.ctx)
+        err = self._save(self._h, self._c)
+        if err:
+            raise UcError(err)
 
     def push(self) -> None:
-        self.uc.context_restore(self.ctx)
+        err = self._restore(self._h, self._c)
+        if err:
+            raise UcError(err)
+
+    def pull_rip(self) -> int:
+        """``pull()`` and return RIP (the first thing every exit does, in one call)."""
+        err = self._save(self._h, self._c)
+        if err:
+            raise UcError(err)
+        return _U64.unpack_from(self.mem, ENV_EIP)[0]
 
     def u16(self, off: int) -> int:
-        return ctypes.c_uint16.from_address(self.base + off).value
+        return _U16.unpack_from(self.mem, off)[0]
 
     def u32(self, off: int) -> int:
-        return ctypes.c_uint32.from_address(self.base + off).value
+        return _U32.unpack_from(self.mem, off)[0]
 
     def i32(self, off: int) -> int:
-        return ctypes.c_int32.from_address(self.base + off).value
+        return _I32.unpack_from(self.mem, off)[0]
 
     def u64(self, off: int) -> int:
-        return ctypes.c_uint64.from_address(self.base + off).value
+        return _U64.unpack_from(self.mem, off)[0]
 
     def set16(self, off: int, v: int) -> None:
-        ctypes.c_uint16.from_address(self.base + off).value = v & 0xFFFF
+        _U16.pack_into(self.mem, off, v & 0xFFFF)
 
     def set32(self, off: int, v: int) -> None:
-        ctypes.c_uint32.from_address(self.base + off).value = v & 0xFFFFFFFF
+        _U32.pack_into(self.mem, off, v & 0xFFFFFFFF)
 
     def set64(self, off: int, v: int) -> None:
-        ctypes.c_uint64.from_address(self.base + off).value = v & 0xFFFFFFFFFFFFFFFF
+        _U64.pack_into(self.mem, off, v & 0xFFFFFFFFFFFFFFFF)
+
+    # -- typed accessors
+    def snapshot(self) -> CpuSnapshot:
+        """RSP, RIP, hflags, all segment caches and table registers, CR0/CR3/CR4 (one unpack)."""
+        v = _SNAPSHOT.unpack_from(self.mem, 0)
+        hflags = v[2]
+        return _tuple_new(CpuSnapshot, v + (hflags & HF_CPL_MASK, hflags & HF_CS64_MASK != 0))
+
+    def gpr(self, n: int) -> int:
+        return _U64.unpack_from(self.mem, ENV_REGS + 8 * n)[0]
+
+    def set_gpr(self, n: int, v: int) -> None:
+        _U64.pack_into(self.mem, ENV_REGS + 8 * n, v & 0xFFFFFFFFFFFFFFFF)
+
+    def rip(self) -> int:
+        return _U64.unpack_from(self.mem, ENV_EIP)[0]
+
+    def set_rip(self, v: int) -> None:
+        """env->eip. From a UC_HOOK_INTR callback this is where execution resumes (Unicorn's
+        uc_reg_write(RIP) additionally requests a translation-loop restart, which an exit
+        handler does not need)."""
+        _U64.pack_into(self.mem, ENV_EIP, v & 0xFFFFFFFFFFFFFFFF)
+
+    def hflags(self) -> int:
+        return _U32.unpack_from(self.mem, ENV_HFLAGS)[0]
+
+    def cpl(self) -> int:
+        return _U32.unpack_from(self.mem, ENV_HFLAGS)[0] & HF_CPL_MASK
+
+    def cr(self, n: int) -> int:
+        return _U64.unpack_from(self.mem, ENV_CR0 + 8 * n)[0]
+
+    def error_code(self) -> int:
+        """SVM exit_info_1 / the pending exception's error code."""
+        return _U32.unpack_from(self.mem, ENV_ERROR_CODE)[0]
 
     # -- segment caches
     def seg(self, index: int) -> tuple[int, int, int, int]:
         o = ENV_SEGS + index * SEG_SIZE
-        return self.u32(o) & 0xFFFF, self.u64(o + 8), self.u32(o + 16), self.u32(o + 20)
+        return (_U32.unpack_from(self.mem, o)[0] & 0xFFFF,) + _SEG_REST.unpack_from(self.mem, o + 8)
 
     def set_seg(self, index: int, selector: int, base: int, limit: int, flags: int) -> None:
         o = ENV_SEGS + index * SEG_SIZE
-        self.set32(o, selector)
-        self.set64(o + 8, base)
-        self.set32(o + 16, limit)
-        self.set32(o + 20, flags)
+        _U32.pack_into(self.mem, o, selector & 0xFFFFFFFF)
+        _SEG_REST.pack_into(self.mem, o + 8, base & 0xFFFFFFFFFFFFFFFF, limit & 0xFFFFFFFF, flags & 0xFFFFFFFF)
 
     def recompute_seg_hflags(self) -> None:
         """Recompute the hflags QEMU derives from CS/SS (cpu_x86_load_seg_cache semantics):
         CPL = SS.DPL, CS32/CS64/SS32, ADDSEG."""
-        hflags = self.u32(ENV_HFLAGS)
-        cs_flags = self.u32(ENV_SEGS + 1 * SEG_SIZE + 20)
-        ss_flags = self.u32(ENV_SEGS + 2 * SEG_SIZE + 20)
+        m = self.mem
+        hflags = _U32.unpack_from(m, ENV_HFLAGS)[0]
+        cs_flags = _U32.unpack_from(m, ENV_SEGS + 1 * SEG_SIZE + 20)[0]
+        ss_flags = _U32.unpack_from(m, ENV_SEGS + 2 * SEG_SIZE + 20)[0]
         hflags &= ~(HF_CS32_MASK | HF_CS64_MASK | HF_SS32_MASK | HF_ADDSEG_MASK | HF_CPL_MASK)
         if hflags & HF_LMA_MASK and cs_flags & DESC_L_MASK:
             hflags |= HF_CS32_MASK | HF_SS32_MASK | HF_CS64_MASK
@@ -217,12 +405,33 @@ class EnvBlob:
                 hflags |= HF_CS32_MASK
             if ss_flags & DESC_B_MASK:
                 hflags |= HF_SS32_MASK
-            bases = self.u64(ENV_SEGS + 3 * SEG_SIZE + 8) | self.u64(ENV_SEGS + 8) \
-                | self.u64(ENV_SEGS + 2 * SEG_SIZE + 8)
+            bases = _U64.unpack_from(m, ENV_SEGS + 3 * SEG_SIZE + 8)[0] | _U64.unpack_from(m, ENV_SEGS + 8)[0] \
+                | _U64.unpack_from(m, ENV_SEGS + 2 * SEG_SIZE + 8)[0]
             if not hflags & HF_CS32_MASK or bases:
                 hflags |= HF_ADDSEG_MASK
         hflags |= (ss_flags >> 13) & 3
-        self.set32(ENV_HFLAGS, hflags)
+        _U32.pack_into(m, ENV_HFLAGS, hflags)
+
+    def push_transfer(self, cs: tuple[int, int, int, int], ss: tuple[int, int, int, int] | None,
+                      rsp: int, rip: int, cr2: int | None, ack: bool) -> None:
+        """A far control transfer applied to the image, then ``push()``: CS (and SS), hflags
+        recomputed from them, RSP, RIP, CR2 (unless None), the exception markers cleared if
+        ``ack``. RFLAGS is the caller's (after the push)."""
+        m = self.mem
+        if ack:
+            _U32.pack_into(m, ENV_OLD_EXCEPTION, 0xFFFFFFFF)
+            _U32.pack_into(m, ENV_EXCEPTION_IS_INT, 0)
+        if cr2 is not None:         # plain storage for QEMU (no side effects, unlike CR0/CR3/CR4)
+            _U64.pack_into(m, ENV_CR2, cr2 & 0xFFFFFFFFFFFFFFFF)
+        self.set_seg(1, *cs)
+        if ss is not None:
+            self.set_seg(2, *ss)
+        self.recompute_seg_hflags()
+        _U64.pack_into(m, ENV_REGS + 4 * 8, rsp & 0xFFFFFFFFFFFFFFFF)
+        _U64.pack_into(m, ENV_EIP, rip & 0xFFFFFFFFFFFFFFFF)
+        err = self._restore(self._h, self._c)
+        if err:
+            raise UcError(err)
 
     def ack_exception(self) -> None:
         """Clear the markers Unicorn leaves after an exception (issue 1883): without this the 2nd

@@ -23,13 +23,23 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..engine.engine import Engine, Segment
-from ..engine.unicorn_internals import EXCP_VMEXIT
+from ..engine.unicorn_internals import EXCP_VMEXIT, CpuSnapshot
 from ..memory import GuestMemory
 from ..x86 import decode as dec
-from ..x86.arch import CR0, CR4, EFER, MASK64, RFLAGS, Vector
+from ..x86.arch import CR0, CR4, EFER, ERROR_CODE_VECTORS, MASK64, RFLAGS, Vector
 from ..x86.cpuid import CpuidModel
-from ..x86.events import DeliveryFault, Event, EventKind, TripleFault, deliver
-from ..x86.paging import Access, NonCanonical, PageFault, PagingMode, read_virt
+from ..x86.events import DeliveryFault, Event, EventKind, EventState, SegTuple, TripleFault, deliver
+from ..x86.paging import (
+    FETCH,
+    FETCH_USER,
+    IMPLICIT,
+    Access,
+    NonCanonical,
+    PageFault,
+    PagingMode,
+    Translator,
+    read_virt,
+)
 from ..x86.svm import SvmExit
 from .clock import VirtualClock
 from .msrs import GuestGP, InterceptPending, MsrState, MsrTable
@@ -48,6 +58,21 @@ CR0_FIXED_WRITABLE = CR0.PE | CR0.MP | CR0.EM | CR0.TS | CR0.ET | CR0.NE | CR0.W
 CR4_SUPPORTED = CR4.VME | CR4.PVI | CR4.TSD | CR4.DE | CR4.PSE | CR4.PAE | CR4.MCE | CR4.PGE | CR4.PCE \
     | CR4.OSFXSR | CR4.OSXMMEXCPT | CR4.UMIP | CR4.FSGSBASE | CR4.OSXSAVE | CR4.SMEP | CR4.SMAP
 
+# Plain-int copies for the exit paths: IntFlag arithmetic (``x & CR0.PG``) runs in Python and costs
+# ~0.7-1.3 us per operation, int arithmetic ~0.03 us. The IntFlag classes remain the names.
+_CR0_PE, _CR4_TSD, _CR4_UMIP = int(CR0.PE), int(CR4.TSD), int(CR4.UMIP)
+_EFER_LMA, _EFER_SCE = int(EFER.LMA), int(EFER.SCE)
+_RFLAGS_IF, _RFLAGS_OF = int(RFLAGS.IF), int(RFLAGS.OF)
+_EXCP_BASE = int(SvmExit.EXCP_BASE)
+_UD, _PF, _GP, _BP = int(Vector.UD), int(Vector.PF), int(Vector.GP), int(Vector.BP)
+_EXCEPTION = EventKind.EXCEPTION
+_tuple_new = tuple.__new__      # NamedTuple construction without its Python-level __new__
+#: Intel VMCALL (0F 01 C1); UD2 (0F 0B)
+_VMCALL = b"\x0f\x01\xc1"
+_UD2 = b"\x0f\x0b"
+#: page offset up to which the 15-byte instruction window at RIP lies in one page
+_ONE_PAGE_WINDOW = 0x1000 - 15
+
 
 class GuestFault(Exception):
     """Raised by emulation code: inject ``vector`` (with error code / CR2) at the instruction."""
@@ -59,12 +84,8 @@ class GuestFault(Exception):
         self.cr2 = cr2
 
 
-@dataclass
-class ExitRecord:
-    t_ns: int
-    code: int
-    rip: int
-    detail: str = ""
+#: ``Vcpu.last_exits`` entries: (virtual time in ns, exit code, RIP, detail)
+ExitRecord = tuple[int, int, int, str]
 
 
 CrWriteFilter = Callable[["Vcpu", int, int, int], bool]   # (vcpu, cr, old, new) -> handled
@@ -108,6 +129,7 @@ class Vcpu:
         #: when set, the next engine run executes exactly one instruction (debugger single-step)
         self.single_step = False
         self._pending_events: deque[Event] = deque()
+        self._last_mode: PagingMode | None = None
         self._kicked = threading.Event()
         self._running = False
         self._wall_deadline: float | None = None
@@ -158,12 +180,15 @@ class Vcpu:
             self.engine.stop()
             return
         try:
-            code = intno - EXCP_VMEXIT if intno >= EXCP_VMEXIT else SvmExit.EXCP_BASE + intno
-            self.exit_counts[code] = self.exit_counts.get(code, 0) + 1
-            rip = self.engine.rip
-            self.last_exits.append(ExitRecord(self.clock.now(), code, rip))
+            code = intno - EXCP_VMEXIT if intno >= EXCP_VMEXIT else _EXCP_BASE + intno
+            counts = self.exit_counts
+            counts[code] = counts.get(code, 0) + 1
+            # the exit's one pull: fast-path handlers (CPUID, exceptions, INT n) read this image
+            rip = self.engine.exit_rip()
+            self.last_exits.append((self.clock.now(), code, rip, ""))
             if self.hooks.trace:
                 self.hooks.trace("exit", {"code": code, "rip": rip})
+                self.engine.exit_rip()      # a tracer may have touched the CPU: take a fresh image
             handler = self._handlers.get(code)
             if handler is None:
                 self._shutdown(StopReason.INTERNAL_ERROR, f"unhandled exit {code:#x} at {rip:#x}")
@@ -172,9 +197,9 @@ class Vcpu:
                 handler(code)
             except GuestGP as gp:
                 log.debug("inject #GP(%#x): %s", gp.error_code, gp)
-                self.inject(Event(Vector.GP, EventKind.EXCEPTION, gp.error_code))
+                self.inject(Event(_GP, _EXCEPTION, gp.error_code))
             except GuestFault as f:
-                self.inject(Event(f.vector, EventKind.EXCEPTION, f.error_code, cr2=f.cr2))
+                self.inject(Event(f.vector, _EXCEPTION, f.error_code, cr2=f.cr2))
             except InterceptPending:
                 pass            # a higher VTL takes the event; the instruction is not completed
         except TripleFault as tf:
@@ -199,10 +224,19 @@ class Vcpu:
         return self.engine.cpl()
 
     def long_mode(self) -> bool:
-        return bool(self.msr_state.efer & EFER.LMA)
+        return bool(self.msr_state.efer & _EFER_LMA)
 
     def paging_mode(self) -> PagingMode:
-        return PagingMode(self.reg("cr0"), self.reg("cr3"), self.reg("cr4"), self.msr_state.efer)
+        cr0, cr3, cr4 = self.engine.paging_regs()
+        return PagingMode(cr0, cr3, cr4, self.msr_state.efer)
+
+    def _mode_of(self, s: CpuSnapshot) -> PagingMode:
+        """The paging mode of a snapshot (the last one is reused while CR0/CR3/CR4/EFER match)."""
+        m = self._last_mode
+        efer = self.msr_state.efer
+        if m is None or m.cr3 != s.cr3 or m.cr0 != s.cr0 or m.cr4 != s.cr4 or m.efer != efer:
+            m = self._last_mode = PagingMode(s.cr0, s.cr3, s.cr4, efer)
+        return m
 
     def tsc(self) -> int:
         return self.clock.tsc(TSC_HZ)
@@ -212,43 +246,72 @@ class Vcpu:
             return 64
         return 32 if self.segment("cs").flags & (1 << 22) else 16
 
-    def fetch_insn(self) -> dec.ix.Instruction:
-        """Decode the instruction at RIP (through the guest's page tables, as a fetch at CPL)."""
-        rip = self.engine.rip
-        cs_base = 0 if self.engine.code64() else self.segment("cs").base
-        mode = self.paging_mode()
-        user = self.cpl() == 3
+    def fetch_insn(self, snap: CpuSnapshot | None = None) -> dec.ix.Instruction:
+        """Decode the instruction at RIP (through the guest's page tables, as a fetch at CPL).
+        ``snap``: the exit's CPU snapshot if the caller has one (saves a pull)."""
+        s = snap if snap is not None else self.engine.snapshot()
+        rip = s.rip
+        code64 = s.code64
+        cs_base = 0 if code64 else s.cs_base
+        mode = self._mode_of(s)
+        acc = FETCH_USER if s.cpl == 3 else FETCH
         code = b""
         try:
             # read up to 15 bytes without crossing into an unmapped page needlessly
             first = min(15, 0x1000 - ((cs_base + rip) & 0xFFF))
-            code = read_virt(self.mem, mode, cs_base + rip, first, Access(fetch=True, user=user))
+            code = read_virt(self.mem, mode, cs_base + rip, first, acc)
             if first < 15:
                 try:
-                    code += read_virt(self.mem, mode, cs_base + rip + first, 15 - first,
-                                      Access(fetch=True, user=user))
+                    code += read_virt(self.mem, mode, cs_base + rip + first, 15 - first, acc)
                 except PageFault:
                     pass
         except PageFault as pf:
-            raise GuestFault(Vector.PF, pf.error_code, pf.va) from None
+            raise GuestFault(_PF, pf.error_code, pf.va) from None
         except NonCanonical:
-            raise GuestFault(Vector.GP, 0) from None
-        ins = dec.decode(code, rip, self.bitness())
+            raise GuestFault(_GP, 0) from None
+        ins = dec.decode(code, rip, 64 if code64 else 32 if s.cs_flags & (1 << 22) else 16)
         if ins is None:
-            raise GuestFault(Vector.UD)
+            raise GuestFault(_UD)
         return ins
+
+    def _peek_insn(self, s: CpuSnapshot, tlb: Translator, n: int) -> bytes | None:
+        """The first ``n`` bytes at RIP when the 15-byte window ``fetch_insn`` reads lies in one page
+        (same walk, same Accessed bits, same faults); None otherwise or on a fault."""
+        va = s.rip if s.code64 else s.cs_base + s.rip
+        if va & 0xFFF > _ONE_PAGE_WINDOW:
+            return None
+        try:
+            return tlb.read(va, n, FETCH_USER if s.cpl == 3 else FETCH)
+        except (PageFault, NonCanonical):
+            return None
 
     def skip(self, ins_len: int) -> None:
         self.engine.rip = (self.engine.rip + ins_len) & MASK64
 
-    def inject(self, ev: Event) -> None:
-        """Deliver an event now (from inside a handler) through the guest IDT."""
-        eng = self.engine
-        eng.ack_exception()
-        deliver(self, ev)
+    def inject(self, ev: Event, state: EventState | None = None) -> None:
+        """Deliver an event now (from inside a handler) through the guest IDT. ``state``: this
+        exit's ``_event_state`` if the caller took one and nothing changed since."""
+        try:
+            deliver(self, ev, state=state)
+        except TripleFault:
+            self.engine.ack_exception()
+            raise
         if self.hooks.trace:
             self.hooks.trace("inject", {"vector": ev.vector, "kind": ev.kind.value,
                                         "error_code": ev.error_code})
+
+    # -- events.CpuAccess: one snapshot in, one write-back out
+    def _event_state(self, s: CpuSnapshot, tlb: Translator | None = None) -> EventState:
+        return _tuple_new(EventState, (s, self.engine.rflags(),
+                                       tlb if tlb is not None else Translator(self.mem, self._mode_of(s))))
+
+    def event_state(self) -> EventState:
+        return self._event_state(self.engine.snapshot())
+
+    def event_commit(self, cs: SegTuple, ss: SegTuple | None, rsp: int, rip: int, rflags: int | None,
+                     cr2: int | None) -> None:
+        # also clears Unicorn's stale-exception markers, as every injection must
+        self.engine.commit_transfer(cs, ss, rsp, rip, rflags, cr2, ack=True)
 
     def queue_event(self, ev: Event) -> None:
         """Deliver before the next guest instruction (from outside the engine)."""
@@ -260,21 +323,29 @@ class Vcpu:
 
     # ================================================================== exit handlers
     def _exit_exception(self, code: int) -> None:
-        vec = code - SvmExit.EXCP_BASE
-        err = self.engine.exit_info_1()
-        if vec == Vector.UD and self._maybe_emulate_ud():
+        vec = code - _EXCP_BASE
+        s = self.engine.snapshot(pull=False)
+        tlb = Translator(self.mem, self._mode_of(s))
+        if vec == _UD and self._maybe_emulate_ud(s, tlb):
             return
-        ev = Event(vec, EventKind.EXCEPTION)
-        if vec in (8, 10, 11, 12, 13, 14, 17, 21, 29, 30):
-            ev.error_code = err
-        if vec == Vector.PF:
+        ev = Event(vec, _EXCEPTION)
+        if vec in ERROR_CODE_VECTORS:
+            ev.error_code = s.error_code
+        if vec == _PF:
             ev.cr2 = self.engine.exit_info_2()
-        self.inject(ev)
+        self.inject(ev, self._event_state(s, tlb))
 
-    def _maybe_emulate_ud(self) -> bool:
-        """Intel's VMCALL on our AMD-modelled CPU raises #UD; treat it as a hypercall, as KVM does."""
+    def _maybe_emulate_ud(self, s: CpuSnapshot, tlb: Translator) -> bool:
+        """Intel's VMCALL on our AMD-modelled CPU raises #UD; treat it as a hypercall, as KVM does.
+        A byte compare decides the common cases (VMCALL, UD2); anything else is decoded."""
+        head = self._peek_insn(s, tlb, 3)
+        if head == _VMCALL:
+            self._hypercall(3)
+            return True
+        if head is not None and head[:2] == _UD2:
+            return False
         try:
-            ins = self.fetch_insn()
+            ins = self.fetch_insn(s)
         except GuestFault:
             return False
         if ins.mnemonic == dec.Mnemonic.VMCALL:
@@ -286,14 +357,12 @@ class Vcpu:
         raise GuestFault(Vector.UD)
 
     def _exit_cpuid(self, code: int) -> None:
-        leaf, sub = self.reg("rax") & 0xFFFFFFFF, self.reg("rcx") & 0xFFFFFFFF
-        a, b, c, d = self.cpuid.query(leaf, sub, self.reg("cr4"))
-        for name, v in (("rax", a), ("rbx", b), ("rcx", c), ("rdx", d)):
-            self.set_reg(name, v)
-        self.skip(2)
+        # the exit's pulled image in, one push out: EAX/ECX in, EAX..EDX out, RIP += 2 (CR4 for
+        # OSXSAVE/OSPKE comes from the same image)
+        self.engine.cpuid_exit(self.cpuid.query, pull=False)
 
     def _exit_rdtsc(self, code: int) -> None:
-        if self.reg("cr4") & CR4.TSD and self.cpl() > 0:
+        if self.reg("cr4") & _CR4_TSD and self.cpl() > 0:
             raise GuestGP(0, "rdtsc with CR4.TSD at CPL>0")
         tsc = (self.tsc() + self.msr_state.tsc_offset) & MASK64
         self.set_reg("rax", tsc & 0xFFFFFFFF)
@@ -385,7 +454,7 @@ class Vcpu:
         if cr == 0:
             # the engine sets/clears EFER.LMA itself on a paging transition with LME
             lma = self.engine.long_mode_active()
-            self.msr_state.efer = (self.msr_state.efer & ~EFER.LMA) | (EFER.LMA if lma else 0)
+            self.msr_state.efer = (int(self.msr_state.efer) & ~_EFER_LMA) | (_EFER_LMA if lma else 0)
         if self.hooks.trace:
             self.hooks.trace("write_cr", {"cr": cr, "old": old, "new": new})
 
@@ -414,7 +483,7 @@ class Vcpu:
 
     # -- descriptor tables (UMIP, NPIEP, HyperGuard)
     def _exit_dt_read(self, code: int) -> None:
-        if self.reg("cr4") & CR4.UMIP and self.cpl() > 0:
+        if self.reg("cr4") & _CR4_UMIP and self.cpl() > 0:
             raise GuestGP(0, "UMIP: SGDT/SIDT/SLDT/STR at CPL>0")
         for f in self.hooks.intercept_filters:
             if f(self, code):
@@ -443,21 +512,29 @@ class Vcpu:
 
     # -- software interrupts and HLT
     def _exit_swint(self, code: int) -> None:
-        ins = self.fetch_insn()
-        m = ins.mnemonic
-        if m == dec.Mnemonic.INT:
-            vec = ins.immediate8
-        elif m == dec.Mnemonic.INT3:
-            vec = Vector.BP
-        elif m == dec.Mnemonic.INTO:
-            if not self.reg("rflags") & RFLAGS.OF:
-                self.skip(ins.len)
-                return
-            vec = Vector.OF
-        else:
-            raise GuestFault(Vector.UD)
-        kind = EventKind.SOFTWARE
-        self.inject(Event(vec, kind, rip=(self.engine.rip + ins.len) & MASK64))
+        s = self.engine.snapshot(pull=False)
+        tlb = Translator(self.mem, self._mode_of(s))
+        head = self._peek_insn(s, tlb, 2)
+        if head is not None and head[0] == 0xCC:            # INT3
+            vec, length = _BP, 1
+        elif head is not None and head[0] == 0xCD:          # INT imm8
+            vec, length = head[1], 2
+        else:                                               # prefixed, INTO, near a page end
+            ins = self.fetch_insn(s)
+            m = ins.mnemonic
+            length = ins.len
+            if m == dec.Mnemonic.INT:
+                vec = ins.immediate8
+            elif m == dec.Mnemonic.INT3:
+                vec = _BP
+            elif m == dec.Mnemonic.INTO:
+                if not self.reg("rflags") & _RFLAGS_OF:
+                    self.skip(ins.len)
+                    return
+                vec = Vector.OF
+            else:
+                raise GuestFault(Vector.UD)
+        self.inject(Event(vec, EventKind.SOFTWARE, rip=(s.rip + length) & MASK64), self._event_state(s, tlb))
 
     def _exit_icebp(self, code: int) -> None:
         self.inject(Event(Vector.DB, EventKind.EXCEPTION, rip=(self.engine.rip + 1) & MASK64))
@@ -466,7 +543,7 @@ class Vcpu:
         if self.cpl() != 0:
             raise GuestGP(0, "HLT at CPL>0")
         self.skip(1)
-        if not self.reg("rflags") & RFLAGS.IF:
+        if not self.reg("rflags") & _RFLAGS_IF:
             self._shutdown(StopReason.HALTED, "HLT with interrupts disabled: the vCPU can never wake")
             return
         if self._deliver_interrupt():
@@ -538,18 +615,18 @@ class Vcpu:
     # ================================================================== port I/O
     def _io_allowed(self, port: int, size: int) -> bool:
         """CPL > IOPL consults the TSS I/O permission bitmap (SDM 19.5). Unicorn skips this check."""
-        if self.cpl() <= (self.reg("rflags") >> 12) & 3 or not self.reg("cr0") & CR0.PE:
+        s = self.engine.snapshot()
+        if s.cpl <= (self.engine.rflags() >> 12) & 3 or not s.cr0 & _CR0_PE:
             return True
-        tr = self.segment("tr")
-        mode = self.paging_mode()
+        mode = self._mode_of(s)
         try:
-            if tr.limit < 0x67:
+            if s.tr_limit < 0x67:
                 return False
-            base = struct.unpack("<H", read_virt(self.mem, mode, tr.base + 0x66, 2, Access(implicit=True)))[0]
+            base = struct.unpack("<H", read_virt(self.mem, mode, s.tr_base + 0x66, 2, IMPLICIT))[0]
             off = base + port // 8
-            if off + 1 > tr.limit:
+            if off + 1 > s.tr_limit:
                 return False
-            bits = struct.unpack("<H", read_virt(self.mem, mode, tr.base + off, 2, Access(implicit=True)))[0]
+            bits = struct.unpack("<H", read_virt(self.mem, mode, s.tr_base + off, 2, IMPLICIT))[0]
         except (PageFault, NonCanonical):
             return False
         return not (bits >> (port & 7)) & ((1 << size) - 1)
@@ -672,7 +749,7 @@ class Vcpu:
             return False
         if self.hooks.interrupts_allowed is not None and not self.hooks.interrupts_allowed():
             return False
-        if not self.reg("rflags") & RFLAGS.IF or self.engine.interrupt_shadow():
+        if not self.reg("rflags") & _RFLAGS_IF or self.engine.interrupt_shadow():
             return False
         vec = self.lapic.acknowledge()
         self.inject(Event(vec, EventKind.EXTERNAL))
@@ -799,9 +876,8 @@ class Vcpu:
         except Exception as ex:   # noqa: BLE001
             lines.append(f"(state unavailable: {ex!r})")
         lines.append("last exits (oldest first):")
-        for r in self.last_exits:
-            name = exit_name(r.code)
-            lines.append(f"  t={r.t_ns}ns {name} rip={r.rip:#x} {r.detail}")
+        for t_ns, code, rip, detail in self.last_exits:
+            lines.append(f"  t={t_ns}ns {exit_name(code)} rip={rip:#x} {detail}")
         return "\n".join(lines)
 
 

@@ -12,27 +12,44 @@ from __future__ import annotations
 import enum
 import struct
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
-from ..memory import GuestMemory
 from .arch import CONTRIBUTORY, CR0, ERROR_CODE_VECTORS, RFLAGS, Vector
 from .descriptors import (
     FLAG_DB,
     FLAG_L,
+    FLAG_P,
+    FLAG_S,
     TSS32_ESP0,
-    TSS32_SS0,
     TSS64_IST1,
     TSS64_RSP0,
+    TYPE_CODE,
     TYPE_CONFORMING,
     TYPE_INTR_GATE,
     TYPE_INTR_GATE16,
     TYPE_TRAP_GATE,
-    Descriptor,
-    parse_descriptor,
-    parse_gate32,
-    parse_gate64,
+    TYPE_TRAP_GATE16,
 )
-from .paging import Access, NonCanonical, PageFault, PagingMode, read_virt, walk, write_virt
+from .paging import IMPLICIT, IMPLICIT_WRITE, NonCanonical, PageFault, Translator
+
+# plain ints on the hot path (IntEnum/IntFlag arithmetic is ~30x slower than int arithmetic)
+_DF, _TS, _NP, _SS, _GP, _PF = (int(v) for v in (Vector.DF, Vector.TS, Vector.NP, Vector.SS, Vector.GP,
+                                                  Vector.PF))
+_CR0_PE = int(CR0.PE)
+_IF = int(RFLAGS.IF)
+_CLEAR_ON_DELIVERY = ~int(RFLAGS.TF | RFLAGS.NT | RFLAGS.RF | RFLAGS.VM)
+_GATES64 = (TYPE_INTR_GATE, TYPE_TRAP_GATE)
+_GATES32 = (TYPE_INTR_GATE, TYPE_TRAP_GATE, TYPE_INTR_GATE16, TYPE_TRAP_GATE16)
+_INTR_GATES = (TYPE_INTR_GATE, TYPE_INTR_GATE16)
+_M64 = 0xFFFFFFFFFFFFFFFF
+_GATE64 = struct.Struct("<HHBBHII").unpack
+_GATE32 = struct.Struct("<HHBBH").unpack
+_DESC = struct.Struct("<II").unpack
+_U64 = struct.Struct("<Q").unpack
+_TSS32_STACK = struct.Struct("<IH").unpack          # from TSS+4: ESP0 (4..7), SS0 (8..9)
+_FRAME64 = struct.Struct("<5Q").pack               # RIP, CS, RFLAGS, RSP, SS (lowest address first)
+_FRAME64E = struct.Struct("<6Q").pack              # error code first
+_FRAME32 = {n: struct.Struct(f"<{n}I").pack for n in (3, 4, 5, 6)}
 
 
 class EventKind(enum.Enum):
@@ -40,6 +57,9 @@ class EventKind(enum.Enum):
     EXTERNAL = "external"       # external interrupt (LAPIC)
     SOFTWARE = "software"       # INT n / INT3 / INTO (gate DPL checked)
     NMI = "nmi"
+
+
+_EXCEPTION, _SOFTWARE = EventKind.EXCEPTION, EventKind.SOFTWARE
 
 
 @dataclass
@@ -59,18 +79,50 @@ class SegmentLike(Protocol):
     flags: int
 
 
+#: selector, base, limit, flags (descriptor high dword bits 8-23 in place)
+SegTuple = tuple[int, int, int, int]
+
+
+class CpuView(Protocol):
+    """The registers delivery reads (``engine.unicorn_internals.CpuSnapshot`` has them)."""
+
+    cpl: int
+    rip: int
+    rsp: int
+    cs_sel: int
+    ss_sel: int
+    ss_base: int
+    tr_base: int
+    gdt_base: int
+    gdt_limit: int
+    ldt_base: int
+    ldt_limit: int
+    idt_base: int
+    idt_limit: int
+
+
+class EventState(NamedTuple):
+    """The CPU state delivery reads, taken once per delivery attempt: nothing changes it while a
+    delivery is checked (the gate, descriptors and TSS are read from guest memory, the frame is
+    written last), so all guest-virtual accesses of the attempt share one Translator (one walk
+    per page)."""
+
+    cpu: CpuView
+    rflags: int
+    tlb: Translator        # carries the paging mode
+
+
 class CpuAccess(Protocol):
     """What delivery needs from a vCPU (implemented by hv.vcpu.Vcpu)."""
 
-    mem: GuestMemory
+    def event_state(self) -> EventState: ...
 
-    def reg(self, name: str) -> int: ...
+    def event_commit(self, cs: SegTuple, ss: SegTuple | None, rsp: int, rip: int, rflags: int | None,
+                     cr2: int | None) -> None:
+        """Load CS (and SS), RSP, RIP, RFLAGS and CR2 (each of SS, RFLAGS, CR2 unless None: unchanged);
+        CPL follows CS/SS. The CPU state has not changed since ``event_state()``."""
+
     def set_reg(self, name: str, value: int) -> None: ...
-    def segment(self, name: str) -> SegmentLike: ...
-    def load_segments(self, segs: dict[str, tuple[int, int, int, int]]) -> None: ...
-    def cpl(self) -> int: ...
-    def paging_mode(self) -> PagingMode: ...
-    def long_mode(self) -> bool: ...
 
 
 class DeliveryFault(Exception):
@@ -90,11 +142,11 @@ class TripleFault(Exception):
 
 
 def _class(v: int) -> str:
-    if v == Vector.PF:
+    if v == _PF:
         return "pf"
     if v in CONTRIBUTORY:
         return "contributory"
-    if v == Vector.DF:
+    if v == _DF:
         return "df"
     return "benign"
 
@@ -110,16 +162,18 @@ def combine(first: int, second: int) -> int | None:
     return second
 
 
-def deliver(cpu: CpuAccess, ev: Event, max_nesting: int = 3) -> None:
-    """Deliver ``ev``; on a fault during delivery escalate per the SDM, raising TripleFault last."""
+def deliver(cpu: CpuAccess, ev: Event, max_nesting: int = 3, state: EventState | None = None) -> None:
+    """Deliver ``ev``; on a fault during delivery escalate per the SDM, raising TripleFault last.
+    ``state``: the CPU state if the caller already has it (used for the first attempt only)."""
     history = [ev.vector]
     current = ev
     for _ in range(max_nesting + 1):
         try:
-            _deliver_once(cpu, current)
+            _deliver_once(cpu, current, state if state is not None else cpu.event_state())
             return
         except DeliveryFault as f:
-            if f.vector == Vector.PF and f.cr2 is not None:
+            state = None
+            if f.vector == _PF and f.cr2 is not None:
                 cpu.set_reg("cr2", f.cr2)      # CR2 is written when the #PF is detected, even if it escalates
             nxt = combine(current.vector, f.vector) if current.kind is EventKind.EXCEPTION else f.vector
             history.append(f.vector)
@@ -127,7 +181,7 @@ def deliver(cpu: CpuAccess, ev: Event, max_nesting: int = 3) -> None:
                 raise TripleFault(history) from None
             # a fault while delivering INT n reports the INT instruction itself (RIP unchanged)
             rip = None if current.kind is EventKind.SOFTWARE else current.rip
-            if nxt == Vector.DF:
+            if nxt == _DF:
                 history.append(Vector.DF)
                 current = Event(Vector.DF, EventKind.EXCEPTION, 0, rip=rip)
             else:
@@ -135,136 +189,128 @@ def deliver(cpu: CpuAccess, ev: Event, max_nesting: int = 3) -> None:
     raise TripleFault(history)
 
 
-def _sys_read(cpu: CpuAccess, mode: PagingMode, va: int, size: int) -> bytes:
-    try:
-        return read_virt(cpu.mem, mode, va, size, Access(implicit=True))
-    except PageFault as pf:
-        raise DeliveryFault(Vector.PF, pf.error_code, pf.va) from None
-    except NonCanonical:
-        raise DeliveryFault(Vector.GP, 0) from None
+def _descriptor(raw: bytes) -> tuple[int, int, int]:
+    """base, limit (expanded by G), flags: as ``descriptors.parse_descriptor`` without the object."""
+    lo, hi = _DESC(raw)
+    limit = (lo & 0xFFFF) | (hi & 0xF0000)
+    flags = hi & 0x00F0FF00
+    if flags & 0x800000:            # G
+        limit = (limit << 12) | 0xFFF
+    return (lo >> 16) | ((hi & 0xFF) << 16) | (hi & 0xFF000000), limit, flags
 
 
-def _load_code_descriptor(cpu: CpuAccess, mode: PagingMode, selector: int, ext: int) -> Descriptor:
-    if selector & 0xFFFC == 0:
-        raise DeliveryFault(Vector.GP, ext)
-    table = cpu.segment("ldtr") if selector & 4 else cpu.segment("gdtr")
-    index = selector & 0xFFF8
-    if index + 7 > table.limit:
-        raise DeliveryFault(Vector.GP, (selector & 0xFFFC) | ext)
-    raw = _sys_read(cpu, mode, table.base + index, 8)
-    d = parse_descriptor(raw)
-    if not d.is_code:
-        raise DeliveryFault(Vector.GP, (selector & 0xFFFC) | ext)
-    if not d.present:
-        raise DeliveryFault(Vector.NP, (selector & 0xFFFC) | ext)
-    return d
-
-
-def _deliver_once(cpu: CpuAccess, ev: Event) -> None:
+def _deliver_once(cpu: CpuAccess, ev: Event, st: EventState) -> None:
+    """One delivery attempt. Every guest-virtual access is an implicit supervisor access through
+    ``st.tlb`` (one walk per page); a #PF there becomes DeliveryFault(#PF), a non-canonical address
+    #GP(0), or #SS(0) for the frame push. Nothing changes CPU state before ``event_commit``."""
     vec = ev.vector & 0xFF
-    ext = 0 if ev.kind is EventKind.SOFTWARE else 1
+    software = ev.kind is _SOFTWARE
+    ext = 0 if software else 1
     idt_err = vec * 8 + 2 + ext       # IDT bit + EXT
-    mode = cpu.paging_mode()
-    if not mode.cr0 & CR0.PE:
+    tlb = st.tlb
+    mode = tlb.mode
+    regs = st.cpu
+    if not mode.cr0 & _CR0_PE:
         raise TripleFault([vec])      # real mode delivery (IVT) is not supported: report it
-    long_mode = cpu.long_mode()
-    idtr = cpu.segment("idtr")
-    gate_size = 16 if long_mode else 8
-    if vec * gate_size + gate_size - 1 > idtr.limit:
-        raise DeliveryFault(Vector.GP, idt_err)
-    raw = _sys_read(cpu, mode, idtr.base + vec * gate_size, gate_size)
-    gate = parse_gate64(raw) if long_mode else parse_gate32(raw)
-    cpl = cpu.cpl()
-    if long_mode:
-        if gate.type not in (TYPE_INTR_GATE, TYPE_TRAP_GATE):
-            raise DeliveryFault(Vector.GP, idt_err)
-    elif gate.type not in (TYPE_INTR_GATE, TYPE_TRAP_GATE, TYPE_INTR_GATE16, 0x7):
-        raise DeliveryFault(Vector.GP, idt_err)     # task gates are not supported
-    if ev.kind is EventKind.SOFTWARE and gate.dpl < cpl:
-        raise DeliveryFault(Vector.GP, idt_err)
-    if not gate.present:
-        raise DeliveryFault(Vector.NP, idt_err)
-    cs_desc = _load_code_descriptor(cpu, mode, gate.selector, ext)
-    if cs_desc.dpl > cpl:
-        raise DeliveryFault(Vector.GP, (gate.selector & 0xFFFC) | ext)
-    if long_mode and (not cs_desc.flags & FLAG_L or cs_desc.flags & FLAG_DB):
-        raise DeliveryFault(Vector.GP, (gate.selector & 0xFFFC) | ext)
-    new_cpl = cpl if cs_desc.flags & TYPE_CONFORMING else cs_desc.dpl
-    rip = ev.rip if ev.rip is not None else cpu.reg("rip")
-    rflags = cpu.reg("rflags")
-    rsp = cpu.reg("rsp")
-    cs = cpu.segment("cs")
-    ss = cpu.segment("ss")
-    has_err = ev.kind is EventKind.EXCEPTION and vec in ERROR_CODE_VECTORS
-    err = (ev.error_code or 0) & 0xFFFFFFFF
-    tr = cpu.segment("tr")
-    segs: dict[str, tuple[int, int, int, int]] = {}
-    if long_mode:
-        if gate.ist:
-            new_rsp = struct.unpack("<Q", _sys_read(cpu, mode, tr.base + TSS64_IST1 + 8 * (gate.ist - 1), 8))[0]
-        elif new_cpl != cpl:
-            new_rsp = struct.unpack("<Q", _sys_read(cpu, mode, tr.base + TSS64_RSP0 + 8 * new_cpl, 8))[0]
+    long_mode = mode.long
+    non_canonical = _GP
+    try:
+        # -- the gate
+        gate_size = 16 if long_mode else 8
+        if vec * gate_size + gate_size - 1 > regs.idt_limit:
+            raise DeliveryFault(_GP, idt_err)
+        raw = tlb.read(regs.idt_base + vec * gate_size, gate_size, IMPLICIT)
+        if long_mode:
+            off_lo, selector, ist, attr, off_mid, off_hi, _ = _GATE64(raw)
+            offset = off_lo | (off_mid << 16) | (off_hi << 32)
+            ist &= 7
+            gate_type = attr & 0xF
+            if gate_type not in _GATES64:
+                raise DeliveryFault(_GP, idt_err)
         else:
-            new_rsp = rsp
-        new_rsp &= ~0xF
-        frame = [ss.selector, rsp, rflags, cs.selector, rip] + ([err] if has_err else [])
-        data = b"".join(struct.pack("<Q", v & 0xFFFFFFFFFFFFFFFF) for v in reversed(frame))
-        new_rsp = (new_rsp - len(data)) & 0xFFFFFFFFFFFFFFFF
-        _push(cpu, mode, new_rsp, data, Vector.SS if new_cpl == cpl else Vector.SS)
-        if new_cpl != cpl:
-            segs["ss"] = (new_cpl, 0, 0, new_cpl << 13)    # NULL SS with RPL = new CPL
-        segs["cs"] = ((gate.selector & 0xFFFC) | new_cpl, cs_desc.base, cs_desc.limit, cs_desc.flags)
-    else:
-        if new_cpl != cpl:
-            esp0, ss0 = struct.unpack("<IH", _sys_read(cpu, mode, tr.base + TSS32_ESP0, 6))
-            ss0 = struct.unpack("<H", _sys_read(cpu, mode, tr.base + TSS32_SS0, 2))[0]
-            ss_table = cpu.segment("gdtr")
-            if ss0 & 0xFFFC == 0 or (ss0 & 0xFFF8) + 7 > ss_table.limit:
-                raise DeliveryFault(Vector.TS, ss0 & 0xFFFC)
-            ss_desc = parse_descriptor(_sys_read(cpu, mode, ss_table.base + (ss0 & 0xFFF8), 8))
-            if not ss_desc.present:
-                raise DeliveryFault(Vector.SS, ss0 & 0xFFFC)
-            new_rsp, stack_base = esp0, ss_desc.base
-            frame = [ss.selector, rsp & 0xFFFFFFFF, rflags, cs.selector, rip] + ([err] if has_err else [])
-            segs["ss"] = (ss0, ss_desc.base, ss_desc.limit, ss_desc.flags)
+            off_lo, selector, _, attr, off_hi = _GATE32(raw)
+            offset = off_lo | (off_hi << 16)
+            ist = 0
+            gate_type = attr & 0xF
+            if gate_type not in _GATES32:
+                raise DeliveryFault(_GP, idt_err)     # task gates are not supported
+        cpl = regs.cpl
+        if software and (attr >> 5) & 3 < cpl:
+            raise DeliveryFault(_GP, idt_err)
+        if not attr & 0x80:
+            raise DeliveryFault(_NP, idt_err)
+        # -- the code segment
+        sel_err = (selector & 0xFFFC) | ext
+        if selector & 0xFFFC == 0:
+            raise DeliveryFault(_GP, ext)
+        table, table_limit = (regs.ldt_base, regs.ldt_limit) if selector & 4 else (regs.gdt_base, regs.gdt_limit)
+        index = selector & 0xFFF8
+        if index + 7 > table_limit:
+            raise DeliveryFault(_GP, sel_err)
+        cs_base, cs_limit, cs_flags = _descriptor(tlb.read(table + index, 8, IMPLICIT))
+        if not cs_flags & FLAG_S or not cs_flags & TYPE_CODE:
+            raise DeliveryFault(_GP, sel_err)
+        if not cs_flags & FLAG_P:
+            raise DeliveryFault(_NP, sel_err)
+        cs_dpl = (cs_flags >> 13) & 3
+        if cs_dpl > cpl:
+            raise DeliveryFault(_GP, sel_err)
+        if long_mode and (not cs_flags & FLAG_L or cs_flags & FLAG_DB):
+            raise DeliveryFault(_GP, sel_err)
+        new_cpl = cpl if cs_flags & TYPE_CONFORMING else cs_dpl
+        # -- the stack and the frame
+        rip = ev.rip if ev.rip is not None else regs.rip
+        rflags = st.rflags
+        rsp = regs.rsp
+        cs_sel = regs.cs_sel
+        ss_sel = regs.ss_sel
+        has_err = ev.kind is _EXCEPTION and vec in ERROR_CODE_VECTORS
+        err = (ev.error_code or 0) & 0xFFFFFFFF
+        new_ss: SegTuple | None = None
+        if long_mode:
+            if ist:
+                new_rsp = _U64(tlb.read(regs.tr_base + TSS64_IST1 + 8 * (ist - 1), 8, IMPLICIT))[0]
+            elif new_cpl != cpl:
+                new_rsp = _U64(tlb.read(regs.tr_base + TSS64_RSP0 + 8 * new_cpl, 8, IMPLICIT))[0]
+            else:
+                new_rsp = rsp
+            new_rsp &= ~0xF
+            if has_err:
+                data = _FRAME64E(err, rip & _M64, cs_sel, rflags & _M64, rsp & _M64, ss_sel)
+            else:
+                data = _FRAME64(rip & _M64, cs_sel, rflags & _M64, rsp & _M64, ss_sel)
+            new_rsp = (new_rsp - len(data)) & _M64
+            non_canonical = _SS
+            tlb.push(new_rsp, data, 8, IMPLICIT_WRITE)
+            if new_cpl != cpl:
+                new_ss = (new_cpl, 0, 0, new_cpl << 13)    # NULL SS with RPL = new CPL
         else:
-            new_rsp, stack_base = rsp & 0xFFFFFFFF, ss.base
-            frame = [rflags, cs.selector, rip] + ([err] if has_err else [])
-        data = b"".join(struct.pack("<I", v & 0xFFFFFFFF) for v in reversed(frame))
-        new_rsp = (new_rsp - len(data)) & 0xFFFFFFFF
-        _push(cpu, mode, (stack_base + new_rsp) & 0xFFFFFFFF, data, Vector.SS)
-        segs["cs"] = ((gate.selector & 0xFFFC) | new_cpl, cs_desc.base, cs_desc.limit, cs_desc.flags)
+            if new_cpl != cpl:
+                esp0, ss0 = _TSS32_STACK(tlb.read(regs.tr_base + TSS32_ESP0, 6, IMPLICIT))
+                if ss0 & 0xFFFC == 0 or (ss0 & 0xFFF8) + 7 > regs.gdt_limit:
+                    raise DeliveryFault(_TS, ss0 & 0xFFFC)
+                ss_base, ss_limit, ss_flags = _descriptor(tlb.read(regs.gdt_base + (ss0 & 0xFFF8), 8, IMPLICIT))
+                if not ss_flags & FLAG_P:
+                    raise DeliveryFault(_SS, ss0 & 0xFFFC)
+                new_rsp, stack_base = esp0, ss_base
+                frame = [rip, cs_sel, rflags, rsp, ss_sel]
+                new_ss = (ss0, ss_base, ss_limit, ss_flags)
+            else:
+                new_rsp, stack_base = rsp & 0xFFFFFFFF, regs.ss_base
+                frame = [rip, cs_sel, rflags]
+            if has_err:
+                frame.insert(0, err)
+            data = _FRAME32[len(frame)](*(v & 0xFFFFFFFF for v in frame))
+            new_rsp = (new_rsp - len(data)) & 0xFFFFFFFF
+            non_canonical = _SS
+            tlb.push((stack_base + new_rsp) & 0xFFFFFFFF, data, 4, IMPLICIT_WRITE)
+    except PageFault as pf:
+        raise DeliveryFault(_PF, pf.error_code, pf.va) from None
+    except NonCanonical:
+        raise DeliveryFault(non_canonical, 0) from None
     # commit: nothing above changed CPU state
-    if ev.cr2 is not None:
-        cpu.set_reg("cr2", ev.cr2)
-    cpu.load_segments(segs)
-    cpu.set_reg("rsp", new_rsp)
-    cpu.set_reg("rip", gate.offset)
-    nf = rflags & ~(RFLAGS.TF | RFLAGS.NT | RFLAGS.RF | RFLAGS.VM)
-    if gate.type in (TYPE_INTR_GATE, TYPE_INTR_GATE16):
-        nf &= ~RFLAGS.IF
-    cpu.set_reg("rflags", nf)
-
-
-def _push(cpu: CpuAccess, mode: PagingMode, va: int, data: bytes, stack_vector: int) -> None:
-    """Push a frame. The processor pushes from the top down, so a fault reports the highest slot
-    that cannot be written (what a #DF handler sees in CR2); nothing is written unless all can be."""
-    slot = 8 if mode.long else 4
-    acc = Access(write=True, implicit=True)
-    seen: set[int] = set()
-    try:
-        for off in range(len(data) - slot, -1, -slot):
-            page = (va + off) & ~0xFFF
-            if page not in seen:
-                walk(cpu.mem, mode, va + off, acc, set_ad=False)
-                seen.add(page)
-    except PageFault as pf:
-        raise DeliveryFault(Vector.PF, pf.error_code, pf.va) from None
-    except NonCanonical:
-        raise DeliveryFault(stack_vector, 0) from None
-    try:
-        write_virt(cpu.mem, mode, va, data, Access(write=True, implicit=True))
-    except PageFault as pf:
-        raise DeliveryFault(Vector.PF, pf.error_code, pf.va) from None
-    except NonCanonical:
-        raise DeliveryFault(stack_vector, 0) from None
+    nf = rflags & _CLEAR_ON_DELIVERY
+    if gate_type in _INTR_GATES:
+        nf &= ~_IF
+    cpu.event_commit(((selector & 0xFFFC) | new_cpl, cs_base, cs_limit, cs_flags), new_ss, new_rsp, offset,
+                     nf if nf != rflags else None, ev.cr2)
