@@ -10,10 +10,6 @@ from fuzz.runner import campaign
 
 #: failure-key prefix -> the regression test that pins it down
 KNOWN = {
-    "oracle-cr-crN N -> N (reserved bits": "test_reserved_cr4_bit_is_gp",
-    "oracle-cr-crN N -> N (upper half set)": "test_reserved_cr4_bit_is_gp",
-    "oracle-cr-crN N -> N (bits of features CPUID does not advertise": "test_cr4_vme_pvi_without_cpuid_vme_is_gp",
-    "oracle-cr-crN N -> N: ok=N faults=[] read back N": "test_cr0_et_stays_set",
     "internal-engine: Fetch from non-executable": "test_engine_error_during_native_step_is_not_internal_error",
     "canary-": "test_exception_frame_push_cannot_write_vtl1_page (and the other VTL1-page tests)",
     "oracle-paging-": "test_walker_checks_reserved_physical_address_bits",

@@ -22,15 +22,12 @@ def faults(g):
     return [(v, e) for v, e, *_ in g.log()]
 
 
-@pytest.mark.xfail(strict=True, reason="write_cr: ~CR4_SUPPORTED is an IntFlag complement (bits 0-23 only): "
-                   "reserved CR4 bits 24-63 are accepted and committed")
 @pytest.mark.parametrize("bit", [24, 30, 32, 63])
 def test_reserved_cr4_bit_is_gp(bit):
     cr, g = run(f"mov rax, cr4\nbts rax, {bit}\nmov cr4, rax\nmov rax, cr4\nmov rbx, {res(0):#x}\nmov [rbx], rax\n")
     assert faults(g) == [(GP, 0)] and not g.u64(res(0)) & (1 << bit)
 
 
-@pytest.mark.xfail(strict=True, reason="CR4.VME/PVI are accepted although the guest's CPUID.1:EDX.VME is 0")
 @pytest.mark.parametrize("bit", [0, 1])
 def test_cr4_vme_pvi_without_cpuid_vme_is_gp(bit):
     cr, g = run(f"mov rax, cr4\nbts rax, {bit}\nmov cr4, rax\n")
@@ -38,7 +35,6 @@ def test_cr4_vme_pvi_without_cpuid_vme_is_gp(bit):
     assert faults(g) == [(GP, 0)]
 
 
-@pytest.mark.xfail(strict=True, reason="CR0.ET is hardwired to 1 (SDM 2.5, APM 3.1.1) but a guest can clear it")
 def test_cr0_et_stays_set():
     cr, g = run(f"mov rax, cr0\nbtr rax, 4\nmov cr0, rax\nmov rax, cr0\nmov rbx, {res(0):#x}\nmov [rbx], rax\n")
     assert not faults(g) and g.u64(res(0)) & 0x10

@@ -425,8 +425,9 @@ class Vcpu:
         old = self.reg(f"cr{cr}")
         efer = self.msr_state.efer
         if cr == 0:
-            if new >> 32 or new & ~CR0_FIXED_WRITABLE & 0xFFFFFFFF:
+            if new >> 32 or new & ~int(CR0_FIXED_WRITABLE) & 0xFFFFFFFF:
                 raise GuestGP(0, f"CR0 reserved bits {new:#x}")
+            new |= int(CR0.ET)                                  # hardwired to 1 (SDM 2.5, APM 3.1.1)
             if new & CR0.PG and not new & CR0.PE:
                 raise GuestGP(0, "CR0.PG without PE")
             if new & CR0.NW and not new & CR0.CD:
@@ -438,8 +439,11 @@ class Vcpu:
             if not new & CR0.WP and self.reg("cr4") & CR4.CET:
                 raise GuestGP(0, "CR0.WP clear with CET")
         else:
-            if new & ~CR4_SUPPORTED:
-                raise GuestGP(0, f"CR4 reserved/unsupported bits {new & ~CR4_SUPPORTED:#x}")
+            supported = int(CR4_SUPPORTED)
+            if not self.cpuid.query(1, 0, 0)[3] & (1 << 1):      # CPUID.1:EDX.VME gates VME and PVI
+                supported &= ~int(CR4.VME | CR4.PVI)
+            if new & ~supported & MASK64:                       # plain ints: an IntFlag ~ is 24 bits wide
+                raise GuestGP(0, f"CR4 reserved/unsupported bits {new & ~supported & MASK64:#x}")
             if efer & EFER.LMA and not new & CR4.PAE:
                 raise GuestGP(0, "clearing CR4.PAE in long mode")
             smep_smap = self.cpuid.query(7, 0, 0)[1]
