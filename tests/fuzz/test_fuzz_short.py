@@ -10,7 +10,6 @@ from fuzz.runner import campaign
 
 #: failure-key prefix -> the regression test that pins it down
 KNOWN = {
-    "internal-engine: Fetch from non-executable": "test_engine_error_during_native_step_is_not_internal_error",
     "canary-": "test_exception_frame_push_cannot_write_vtl1_page (and the other VTL1-page tests)",
     "oracle-paging-": "test_walker_checks_reserved_physical_address_bits",
     # residual: a PDE pointed later at a protected page still faults the engine's own walk (docs/vsm.md)

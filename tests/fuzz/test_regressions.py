@@ -61,9 +61,6 @@ def test_fast_translate_virtual_address_is_a_status():
     assert cr.result.reason is StopReason.DEBUG_EXIT, cr.result.detail
 
 
-@pytest.mark.xfail(strict=True, reason="Vcpu.step_without_intercept runs the engine with count=1, which runs "
-                   "to the end of the translation block; an engine error there (a jump to the open bus) is "
-                   "reported as internal-error instead of the machine-check _engine_error gives")
 def test_engine_error_during_native_step_is_not_internal_error():
     code = bytes.fromhex("0f0008" "0cc4" "e95c63ed3f") + b"\x0f\x0b"   # str [rax]; or al,0xc4; jmp 0x404d6765
     cr = run_ops([Op("t", asm=f"mov rax, {SCRATCH:#x}\nmov r14, 0x600400\njmp r14\n", mem=[(0x600400, code)])],

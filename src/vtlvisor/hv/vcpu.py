@@ -509,7 +509,7 @@ class Vcpu:
             try:
                 err = eng.run(count=1)
                 if err:
-                    self._shutdown(StopReason.INTERNAL_ERROR, f"engine: {err}")
+                    self._engine_error(err)     # e.g. the step ran into the open bus: a machine check
             finally:
                 eng.set_intercept(code, True)
         self.request_outer(outer)
