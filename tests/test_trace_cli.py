@@ -19,12 +19,16 @@ def test_trace_file_summary_and_render(tmp_path):
     r = vtl("run", KERNEL, "--timeout", "60", "--append", "attack=smep", "--trace", str(t))
     assert r.returncode == 1, r.stderr
     data = json.loads(t.read_text())
-    ev = [e for e in data["traceEvents"] if e["ph"] == "i"]
+    ev = [e for e in data["traceEvents"] if e["ph"] in ("i", "X")]
     names = {e["name"] for e in ev}
     assert {"MSR", "CPUID", "WRITE_CR4", "blocked_cr_write", "inject"} <= names
     assert all(isinstance(e["ts"], float) for e in ev) and ev == sorted(ev, key=lambda e: e["ts"])
+    exits = [e for e in ev if e["ph"] == "X"]
+    assert exits and all(e["dur"] >= 0 for e in exits) and any(e["dur"] > 0 for e in exits)
     s = vtl("trace", "summary", str(t))
     assert s.returncode == 0 and f"{len(ev)} events" in s.stdout and "blocked_cr_write" in s.stdout
+    cpuid = next(line for line in s.stdout.splitlines() if line.endswith(" CPUID"))
+    assert float(cpuid.split()[1]) > 0                        # time per exit reason
     svg = tmp_path / "run.svg"
     d = vtl("trace", "render", str(t), str(svg))
     assert d.returncode == 0 and svg.read_text().startswith("<svg") and "VTL0" in svg.read_text()

@@ -21,17 +21,29 @@ class ChromeTracer:
         self._limit = limit
         self.dropped = 0
         self.vtl = 0
+        self._open_exit: dict | None = None
 
     def __call__(self, kind: str, args: dict) -> None:
+        now = self._clock() / 1000.0
+        if kind == "exit_end":
+            # an exit is a complete event: its duration is the (virtual) time the hypervisor spent on it
+            ev, self._open_exit = self._open_exit, None
+            if ev is not None:
+                ev["dur"] = max(now - ev["ts"], 0.0)
+            return
         if len(self._events) >= self._limit:
             self.dropped += 1
             return
         name = kind
+        ev = {"name": name, "cat": kind, "ph": "i", "s": "t", "pid": 1, "tid": self.vtl, "ts": now,
+              "args": {k: (hex(v) if isinstance(v, int) else v) for k, v in args.items()}}
         if kind == "exit":
-            name = exit_name(args["code"])
-        self._events.append({"name": name, "cat": kind, "ph": "i", "s": "t", "pid": 1, "tid": self.vtl,
-                             "ts": self._clock() / 1000.0,
-                             "args": {k: (hex(v) if isinstance(v, int) else v) for k, v in args.items()}})
+            ev["name"] = exit_name(args["code"])
+            ev["ph"] = "X"
+            ev["dur"] = 0.0
+            del ev["s"]
+            self._open_exit = ev
+        self._events.append(ev)
 
     def write(self, path: str | Path) -> None:
         meta = [{"name": "process_name", "ph": "M", "pid": 1, "args": {"name": "vtlvisor vCPU0"}}]
@@ -46,9 +58,13 @@ def summarize(path: str | Path) -> str:
     data = json.loads(Path(path).read_text())
     events = [e for e in data.get("traceEvents", []) if e.get("ph") != "M"]
     by_name = Counter(e["name"] for e in events)
-    lines = [f"{len(events)} events"]
+    time_us: Counter[str] = Counter()
+    for e in events:
+        time_us[e["name"]] += float(e.get("dur", 0.0))
+    lines = [f"{len(events)} events", f"{'count':>10}  {'total us':>10}  {'mean us':>9}  name"]
     for name, n in by_name.most_common():
-        lines.append(f"{n:10d}  {name}")
+        t = time_us[name]
+        lines.append(f"{n:10d}  {t:10.1f}  {t / n:9.2f}  {name}" if t else f"{n:10d}  {'':>10}  {'':>9}  {name}")
     return "\n".join(lines)
 
 

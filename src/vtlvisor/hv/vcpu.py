@@ -202,6 +202,8 @@ class Vcpu:
                 self.inject(Event(f.vector, _EXCEPTION, f.error_code, cr2=f.cr2))
             except InterceptPending:
                 pass            # a higher VTL takes the event; the instruction is not completed
+            if self.hooks.trace:
+                self.hooks.trace("exit_end", {"code": code})
         except TripleFault as tf:
             self._shutdown(StopReason.TRIPLE_FAULT, str(tf))
         except Exception as e:   # noqa: BLE001 - the guest must never crash the hypervisor
