@@ -94,3 +94,59 @@ class GuestMemory:
         del self._cbuf
         self._view.release()
         self._map.close()
+
+
+class AccessDenied(Exception):
+    """A hypervisor-side access on behalf of a VTL touched memory that VTL may not access."""
+
+    def __init__(self, gpa: int, write: bool) -> None:
+        super().__init__(f"{'write' if write else 'read'} of {gpa:#x} denied by the VTL's protections")
+        self.gpa = gpa
+        self.write = write
+
+
+class ProtectedView:
+    """Guest RAM as one VTL sees it: every access the hypervisor makes *for* the running VTL (exception
+    frames, IDT/GDT/TSS and page-table reads, instruction fetch and operands, hypercall buffers) is
+    checked against that VTL's protections, so the hypervisor never reads or writes a higher VTL's
+    memory on a lower VTL's behalf. ``check(gpa, size, write)`` raises AccessDenied."""
+
+    def __init__(self, mem: GuestMemory, check) -> None:
+        self._mem = mem
+        self._check = check
+        self.size = mem.size
+
+    def contains(self, gpa: int, size: int = 1) -> bool:
+        return self._mem.contains(gpa, size)
+
+    def read(self, gpa: int, size: int) -> bytes:
+        self._check(gpa, size, False)
+        return self._mem.read(gpa, size)
+
+    def write(self, gpa: int, data: bytes | bytearray | memoryview) -> None:
+        self._check(gpa, len(data), True)
+        self._mem.write(gpa, data)
+
+    def read_u8(self, gpa: int) -> int:
+        self._check(gpa, 1, False)
+        return self._mem.read_u8(gpa)
+
+    def read_u16(self, gpa: int) -> int:
+        self._check(gpa, 2, False)
+        return self._mem.read_u16(gpa)
+
+    def read_u32(self, gpa: int) -> int:
+        self._check(gpa, 4, False)
+        return self._mem.read_u32(gpa)
+
+    def read_u64(self, gpa: int) -> int:
+        self._check(gpa, 8, False)
+        return self._mem.read_u64(gpa)
+
+    def write_u32(self, gpa: int, value: int) -> None:
+        self._check(gpa, 4, True)
+        self._mem.write_u32(gpa, value)
+
+    def write_u64(self, gpa: int, value: int) -> None:
+        self._check(gpa, 8, True)
+        self._mem.write_u64(gpa, value)

@@ -10,7 +10,6 @@ from fuzz.runner import campaign
 
 #: failure-key prefix -> the regression test that pins it down
 KNOWN = {
-    "canary-": "test_exception_frame_push_cannot_write_vtl1_page (and the other VTL1-page tests)",
     "oracle-paging-": "test_walker_checks_reserved_physical_address_bits",
     # residual: a PDE pointed later at a protected page still faults the engine's own walk (docs/vsm.md)
     "crash-signal-SIGSEGV": "test_read_only_guest_page_table_page_does_not_crash_the_process",

@@ -172,7 +172,7 @@ class DebugTarget:
         """Guest-virtual to guest-physical for the debugger: no permission checks, no A/D updates."""
         vcpu = self.vcpu
         try:
-            gpa = walk(vcpu.mem, vcpu.paging_mode(), va, Access(), set_ad=False)
+            gpa = walk(getattr(vcpu, 'ram', vcpu.mem), vcpu.paging_mode(), va, Access(), set_ad=False)
         except (PageFault, NonCanonical):
             raise TargetError(14, f"{va:#x} is not mapped") from None
         return gpa
@@ -183,7 +183,7 @@ class DebugTarget:
         if not 0 <= va < ADDR_LIMIT or length < 0:
             raise TargetError(14, "bad address")
         out = bytearray()
-        mem = self.vcpu.mem
+        mem = getattr(self.vcpu, 'ram', self.vcpu.mem)
         while len(out) < length:
             cur = (va + len(out)) % ADDR_LIMIT
             n = min(length - len(out), 0x1000 - (cur & 0xFFF))
@@ -203,7 +203,7 @@ class DebugTarget:
         translated code, so patched instructions take effect."""
         if not 0 <= va < ADDR_LIMIT or va + len(data) > ADDR_LIMIT:
             raise TargetError(14, "bad address")
-        mem = self.vcpu.mem
+        mem = getattr(self.vcpu, 'ram', self.vcpu.mem)
         targets = []
         off = 0
         while off < len(data):

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 from ..engine.engine import Engine, Segment
 from ..engine.unicorn_internals import EXCP_VMEXIT, CpuSnapshot
-from ..memory import GuestMemory
+from ..memory import AccessDenied, GuestMemory
 from ..x86 import decode as dec
 from ..x86.arch import CR0, CR4, EFER, ERROR_CODE_VECTORS, MASK64, RFLAGS, Vector
 from ..x86.cpuid import CpuidModel
@@ -102,6 +102,8 @@ class VcpuHooks:
     trace: Callable[[str, dict], None] | None = None
     #: external interrupts are delivered only while this says so (VSM: only while VTL0 runs)
     interrupts_allowed: Callable[[], bool] | None = None
+    #: a hypervisor-side access for the running VTL hit memory it may not touch (VSM: GPA intercept)
+    access_denied: Callable[[Vcpu, AccessDenied], None] | None = None
 
 
 class Vcpu:
@@ -109,6 +111,8 @@ class Vcpu:
                  clock: VirtualClock, msrs: MsrTable, vp_index: int = 0) -> None:
         self.engine = engine
         self.mem = memory
+        #: all of RAM, for the host's own tools (debugger); ``mem`` may be a VTL's ProtectedView
+        self.ram = memory
         self.io = io
         self.lapic = lapic
         self.cpuid = cpuid
@@ -202,6 +206,8 @@ class Vcpu:
                 self.inject(Event(f.vector, _EXCEPTION, f.error_code, cr2=f.cr2))
             except InterceptPending:
                 pass            # a higher VTL takes the event; the instruction is not completed
+            except AccessDenied as denied:
+                self._access_denied(denied)
             if self.hooks.trace:
                 self.hooks.trace("exit_end", {"code": code})
         except TripleFault as tf:
@@ -290,6 +296,17 @@ class Vcpu:
     def skip(self, ins_len: int) -> None:
         self.engine.rip = (self.engine.rip + ins_len) & MASK64
 
+    def _access_denied(self, denied: AccessDenied) -> None:
+        """Hand a protected-memory access made on the running VTL's behalf to the higher VTL (as the
+        nested page fault it would be on hardware). The instruction or event is not completed."""
+        if self.hooks.access_denied is None:
+            self._shutdown(StopReason.MACHINE_CHECK, str(denied))
+            return
+        try:
+            self.hooks.access_denied(self, denied)
+        except InterceptPending:
+            pass
+
     def inject(self, ev: Event, state: EventState | None = None) -> None:
         """Deliver an event now (from inside a handler) through the guest IDT. ``state``: this
         exit's ``_event_state`` if the caller took one and nothing changed since."""
@@ -298,6 +315,10 @@ class Vcpu:
         except TripleFault:
             self.engine.ack_exception()
             raise
+        except AccessDenied as denied:
+            self.engine.ack_exception()
+            self._access_denied(denied)
+            return
         if self.hooks.trace:
             self.hooks.trace("inject", {"vector": ev.vector, "kind": ev.kind.value,
                                         "error_code": ev.error_code})
@@ -827,6 +848,9 @@ class Vcpu:
                 self._before_entry()
                 if self.result is not None:
                     break
+                if self._pending_outer is not None:          # set while handling the last one
+                    self._run_outer()
+                    continue
                 if self.single_step:
                     self.single_step = False
                     err = self.engine.run(count=1)
@@ -837,15 +861,7 @@ class Vcpu:
                 self._kicked.set()
                 if err and self.result is None:
                     self._engine_error(err)
-                outer, self._pending_outer = self._pending_outer, None
-                if outer is not None and self.result is None:
-                    try:
-                        outer()
-                    except TripleFault as tf:
-                        self._shutdown(StopReason.TRIPLE_FAULT, str(tf))
-                    except Exception as e:   # noqa: BLE001
-                        self._shutdown(StopReason.INTERNAL_ERROR,
-                                       f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
+                self._run_outer()
                 if self._pause_reason is not None and self.result is None:
                     reason, self._pause_reason = self._pause_reason, None
                     if self.debugger is not None:
@@ -854,6 +870,21 @@ class Vcpu:
             self._running = False
             kicker.join(timeout=1)
         return self.result
+
+    def _run_outer(self) -> None:
+        outer, self._pending_outer = self._pending_outer, None
+        if outer is None or self.result is not None:
+            return
+        try:
+            outer()
+        except TripleFault as tf:
+            self._shutdown(StopReason.TRIPLE_FAULT, str(tf))
+        except InterceptPending:
+            pass
+        except AccessDenied as denied:
+            self._access_denied(denied)
+        except Exception as e:   # noqa: BLE001
+            self._shutdown(StopReason.INTERNAL_ERROR, f"{type(e).__name__}: {e}\n{traceback.format_exc()}")
 
     def _engine_error(self, err: str) -> None:
         """The engine refused to go on. An instruction fetch from MMIO / the open bus (a wild jump

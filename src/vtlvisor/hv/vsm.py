@@ -53,12 +53,14 @@ from ..abi.hyperv import (
 )
 from ..engine.engine import Segment
 from ..engine.npt import LEAF_RWX, NX, NestedPageTable
+from ..memory import AccessDenied, ProtectedView
 from ..x86.arch import CR0, EFER, MSR, Vector, canonical
 from ..x86.events import Event, EventKind
 from ..x86.paging import Access, NonCanonical, PageFault, walk
 from ..x86.svm import SvmExit
 from .hyperv import VTL_CALL_OFFSET, VTL_RETURN_OFFSET, HvVtlMsrs, HypercallError, HypercallInput, HyperV
 from .msrs import GuestGP, InterceptPending, MsrState
+from .stop import StopReason
 
 if TYPE_CHECKING:
     from .partition import Partition
@@ -193,6 +195,9 @@ class Vsm:
         vc.msrs.read_filters.insert(0, self.msr_read_filter)
         vc.hooks.interrupts_allowed = lambda: self.active_vtl == 0
         vc.msrs.providers.insert(0, self.hv)
+        # the hypervisor's own accesses for the running VTL obey that VTL's protections
+        vc.mem = ProtectedView(partition.memory, self._check_access)
+        vc.hooks.access_denied = self._hypervisor_access_denied
 
     # ================================================================== state
     @property
@@ -494,6 +499,31 @@ class Vsm:
             return read_virt(self.p.memory, vcpu.paging_mode(), rip, n, Access(fetch=True))
         except (PageFault, NonCanonical):
             return b""
+
+    def _check_access(self, gpa: int, size: int, write: bool) -> None:
+        t = self.vtls[self.active_vtl]
+        if not t.protections and t.default_mask == ALL_ACCESS:
+            return
+        need = HvMapGpaFlags.HV_MAP_GPA_WRITABLE if write else HvMapGpaFlags.HV_MAP_GPA_READABLE
+        for gpn in range(gpa >> 12, ((gpa + max(size, 1) - 1) >> 12) + 1):
+            if not t.protections.get(gpn, t.default_mask) & need:
+                raise AccessDenied(max(gpa, gpn << 12), write)
+
+    def _hypervisor_access_denied(self, vcpu: Vcpu, denied: AccessDenied) -> None:
+        """An access the hypervisor made for the running VTL (delivery, a page walk, an operand)
+        violates its protections: the higher VTL gets the GpaIntercept the hardware access would
+        have caused; the instruction or event is not completed."""
+        higher = self.highest_enabled_above(self.active_vtl)
+        if vcpu.hooks.trace:
+            vcpu.hooks.trace("gpa_violation", {"gpa": denied.gpa, "access": "write" if denied.write else "read",
+                                               "vtl": self.active_vtl, "by": "hypervisor"})
+        if higher is None:
+            vcpu._shutdown(StopReason.MACHINE_CHECK, str(denied))
+            return
+        access = (HvInterceptAccessType.HV_INTERCEPT_ACCESS_WRITE if denied.write
+                  else HvInterceptAccessType.HV_INTERCEPT_ACCESS_READ)
+        payload = self._header(access, 0) + struct.pack("<IBBBBQQ", 0, 0, 0, 0, 0, 0, denied.gpa) + bytes(16)
+        self._deliver_intercept(higher, HvMessageType.HvMessageTypeGpaIntercept, payload)
 
     # ================================================================== protections
     def _ensure_npt(self, vtl: int) -> NestedPageTable:
