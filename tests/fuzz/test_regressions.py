@@ -114,9 +114,6 @@ def test_vsm_harness_sees_a_clean_vtl1_setup():
     assert g.part.vsm.vtls[0].protections[CANARY >> 12] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="x86/paging.py walk ignores reserved physical-address bits "
-                   "(MAXPHYADDR=40..51): the CPU reports #PF with RSVD, the walker a permission fault or a "
-                   "translation")
 def test_walker_checks_reserved_physical_address_bits():
     from vtlvisor.memory import GuestMemory
     from vtlvisor.x86.paging import Access, PageFault, PagingMode, walk

@@ -158,12 +158,18 @@ def _read_entry(mem: GuestMemory, buf: memoryview | None, gpa: int, size: int, v
     return mem.read_u64(gpa) if size == 8 else mem.read_u32(gpa)
 
 
+#: physical-address bits above MAXPHYADDR are reserved in every paging entry; the engine's CPU model
+#: (and so the guest's CPUID 0x80000008) reports 40 physical-address bits
+MAXPHYADDR = 40
+_PHYS_RSVD = ((1 << 52) - 1) & ~((1 << MAXPHYADDR) - 1)
+
+
 def _walk_long(mem: GuestMemory, buf: memoryview | None, mode: PagingMode, va: int, acc: Access) -> Leaf:
     unpack, limit = _U64.unpack_from, mem.size - 8
     table = mode.cr3 & _ADDR_MASK
     both = -1           # AND of the entries: U/S and R/W must be set at every level
     either = 0          # OR of the entries: XD at any level
-    rsvd_nx = 0 if mode.efer & _EFER_NXE else NX
+    rsvd_nx = (0 if mode.efer & _EFER_NXE else NX) | _PHYS_RSVD
     slots: list[int] = []
     entries: list[int] = []
     level = 0
