@@ -19,7 +19,11 @@ guest:
 	$(MAKE) -C guest
 
 demo: venv guest
-	$(BIN)/vtlvisor run guest/build/testkernel.elf --timeout 120 --append quiet
+	@# the test kernel exits through isa-debug-exit with value 0: process status (0 << 1) | 1 = 1
+	$(BIN)/vtlvisor run guest/build/testkernel.elf --timeout 120 --append quiet; \
+	  status=$$?; test $$status -eq 1 || { echo "test kernel failed (status $$status)"; exit 1; }
+	$(BIN)/vtlvisor run guest/build/vbs.elf --hyperv --timeout 120; \
+	  status=$$?; test $$status -eq 1 || { echo "VBS guest failed (status $$status)"; exit 1; }
 	$(BIN)/vtlvisor attacks --json build-attacks.json
 
 test: venv guest tools
