@@ -161,7 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = part.run(timeout=args.timeout)
     if stub is not None:
         stub.finish(result)
-    part.platform.uart.flush() if hasattr(part.platform.uart, "flush") else None
+    part.platform.uart.flush()
     if serial_file:
         serial_file.close()
     if tracer and args.trace:

@@ -107,9 +107,7 @@ class InitialState:
 class Engine:
     """One vCPU's execution engine. All methods run on the vCPU thread except ``kick()``."""
 
-    def __init__(self, memory: GuestMemory, mmio: list[tuple[int, int]] | None = None,
-                 mmio_read: Callable[[int, int], int] | None = None,
-                 mmio_write: Callable[[int, int, int], None] | None = None) -> None:
+    def __init__(self, memory: GuestMemory) -> None:
         if memory.size > 0xC000_0000:
             raise ValueError("guest RAM above 3 GiB is not supported (the PCI/APIC hole)")
         self.memory = memory
@@ -135,9 +133,6 @@ class Engine:
         self._regref = ctypes.byref(self._regbuf)
         self._rd = ui.raw_function("uc_reg_read")      # self._h is a c_void_p, self._regref a byref
         self._wr = ui.raw_function("uc_reg_write")
-        self._mmio = list(mmio or [])
-        self._mmio_read = mmio_read
-        self._mmio_write = mmio_write
         self._hooks: list[int] = []
         self._keep: list[object] = []   # keep ctypes callbacks alive
         self.cpuid_table = self._probe_cpuid()
@@ -275,17 +270,6 @@ class Engine:
         for name, value in (st.gprs or {}).items():
             uc.reg_write(REG[name], value)
 
-    def map_mmio(self) -> None:
-        for base, size in self._mmio:
-            self.uc.mmio_map(base, size, self._on_mmio_read, None, self._on_mmio_write, None)
-
-    def _on_mmio_read(self, uc: Uc, offset: int, size: int, base: int) -> int:
-        return self._mmio_read(offset, size) if self._mmio_read else (1 << (8 * size)) - 1
-
-    def _on_mmio_write(self, uc: Uc, offset: int, size: int, value: int, base: int) -> None:
-        if self._mmio_write:
-            self._mmio_write(offset, size, value)
-
     def add_mmio(self, base: int, size: int, read: Callable[[int, int], int],
                  write: Callable[[int, int, int], None]) -> None:
         """Map an MMIO window in the engine's physical space; the NPT must map it too."""
@@ -420,12 +404,6 @@ class Engine:
         self.env.ack_exception()
         self.env.push()
 
-    def set_cpl_hflags(self, cpl: int) -> None:
-        env = self.env
-        env.pull()
-        env.set32(ui.ENV_HFLAGS, (env.u32(ui.ENV_HFLAGS) & ~ui.HF_CPL_MASK) | (cpl & 3))
-        env.push()
-
     # ------------------------------------------------------------------ exit fast paths
     # One pull of the CPU state per exit, one write-back: each register access through the C API
     # is a ctypes call (~0.4 us), a pull or push ~0.3 us, a field of the pulled image ~0.05 us.
@@ -506,11 +484,6 @@ class Engine:
         self.intercept = value
         self.env.pull()
         self.env.set64(ui.ENV_INTERCEPT, value)
-        self.env.push()
-
-    def set_cr_write_intercepts(self, mask: int) -> None:
-        self.env.pull()
-        self.env.set16(ui.ENV_INTERCEPT_CR_WRITE, mask)
         self.env.push()
 
     def set_nested_cr3(self, root: int) -> None:

@@ -10,6 +10,7 @@ every capability derived from one, recursively. Only the hypervisor is trusted w
 
 from __future__ import annotations
 
+import copy
 import logging
 import tomllib
 from dataclasses import dataclass, field
@@ -81,6 +82,8 @@ class Domain:
     gens: list[int] = field(default_factory=list)
     #: intercepts of this domain's events: (kind, param1) -> handler domain id
     intercepted_by: dict[tuple[int, int], int] = field(default_factory=dict)
+    #: EVENT_INJECT events waiting for this domain to run
+    pending: list[Event] = field(default_factory=list)
 
 
 @dataclass
@@ -299,7 +302,7 @@ class Domains:
         except MemoryError:
             raise HcError(ENOMEM) from None
         new_id = max(self.domains) + 1
-        dom = Domain(new_id, npt=npt, msr_state=MsrState(**vars(vcpu.msr_state)))
+        dom = Domain(new_id, npt=npt, msr_state=copy.deepcopy(vcpu.msr_state))   # no shared MTRR dict
         # start as a copy of the creator's CPU state (same page tables, modes) at the given entry
         eng = self.engine
         saved = eng.uc.context_save()
@@ -422,9 +425,10 @@ class Domains:
         if vector > 31 or vector in (2, 15) or vector >= 22 and vector not in (29, 30):
             raise HcError(EINVAL)
         ev = Event(vector, EventKind.EXCEPTION, None if error_code == MASK64 else error_code & 0xFFFFFFFF)
-        self.domains[cap.target].__dict__.setdefault("pending", []).append(ev)
         if cap.target == self.current:
-            vcpu.queue_event(self.domains[cap.target].__dict__["pending"].pop())
+            vcpu.queue_event(ev)
+        else:
+            self.domains[cap.target].pending.append(ev)
         return 0
 
     def hc_pin(self, vcpu: Vcpu, handle: int, cr: int, bits: int, a3: int) -> int:
@@ -477,8 +481,8 @@ class Domains:
         prev, self.current = self.current, target
         if self.vcpu.hooks.trace:
             self.vcpu.hooks.trace("domain_switch", {"from": prev, "to": target})
-        for ev in t.__dict__.pop("pending", []):
-            self.vcpu.queue_event(ev)
+        while t.pending:
+            self.vcpu.queue_event(t.pending.pop(0))
 
     def _enter(self, target: int, copy: tuple[str, ...], intercept: PendingIntercept | None) -> None:
         self.call_stack.append((self.current, intercept))

@@ -395,7 +395,7 @@ class Vsm:
             return 0
 
     def cr_write_filter(self, vcpu: Vcpu, cr: int, old: int, new: int) -> bool:
-        if getattr(vcpu, "_vsm_bypass", False):
+        if vcpu._vsm_bypass:
             return False
         bit = HvCrInterceptControl.Cr0Write if cr == 0 else HvCrInterceptControl.Cr4Write
         higher = self._higher_for(bit)
@@ -424,13 +424,13 @@ class Vsm:
         self._deliver_intercept(higher, HvMessageType.HvMessageTypeX64MsrIntercept, payload)
 
     def msr_write_filter(self, vcpu: Vcpu, msr: int, value: int) -> bool:
-        if getattr(vcpu, "_vsm_bypass", False):
+        if vcpu._vsm_bypass:
             return False
         self._msr_intercept(vcpu, msr, True, value)
         return False
 
     def msr_read_filter(self, vcpu: Vcpu, msr: int) -> None:
-        if getattr(vcpu, "_vsm_bypass", False):
+        if vcpu._vsm_bypass:
             return
         self._msr_intercept(vcpu, msr, False, 0)
 

@@ -77,6 +77,3 @@ class CpuidModel:
         elif leaf == 0x8000000A:
             a = b = c = d = 0
         return (a & 0xFFFFFFFF, b & 0xFFFFFFFF, c & 0xFFFFFFFF, d & 0xFFFFFFFF)
-
-    def supports(self, leaf: int, reg: int, bit: int) -> bool:
-        return bool(self.query(leaf, 0, 0xFFFFFFFF)[reg] & bit)
