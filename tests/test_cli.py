@@ -28,8 +28,11 @@ def test_bad_input_is_one_line_and_status_2(args):
 
 
 def test_memory_out_of_range_is_a_user_error(tmp_path):
-    r = vtl("run", "/nonexistent", "--memory", "1K")
+    image = tmp_path / "k.elf"
+    image.write_bytes(b"\x7fELF")                       # the size check must fire before the image is read
+    r = vtl("run", str(image), "--memory", "1K")
     assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "memory size must be" in r.stderr and r.stderr.count("\n") == 1
 
 
 def test_engine_refuses_unknown_unicorn_build(monkeypatch):

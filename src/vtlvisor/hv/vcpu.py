@@ -84,7 +84,8 @@ class GuestFault(Exception):
         self.cr2 = cr2
 
 
-#: ``Vcpu.last_exits`` entries: (virtual time in ns, exit code, RIP, detail)
+#: ``Vcpu.last_exits`` entries: (exit sequence number, exit code, RIP, detail). A sequence number rather
+#: than a timestamp: reading the virtual clock is a system call (~1 us) on every exit.
 ExitRecord = tuple[int, int, int, str]
 
 
@@ -124,6 +125,7 @@ class Vcpu:
         self.result: RunResult | None = None
         self.exit_counts: dict[int, int] = {}
         self.last_exits: deque[ExitRecord] = deque(maxlen=32)
+        self.exit_seq = 0
         self._pending_outer: Callable[[], None] | None = None
         self._io_fault_pending = False
         self._vsm_bypass = False       # set while a higher VTL / the host writes registers (no intercepts)
@@ -189,7 +191,8 @@ class Vcpu:
             counts[code] = counts.get(code, 0) + 1
             # the exit's one pull: fast-path handlers (CPUID, exceptions, INT n) read this image
             rip = self.engine.exit_rip()
-            self.last_exits.append((self.clock.now(), code, rip, ""))
+            self.exit_seq += 1
+            self.last_exits.append((self.exit_seq, code, rip, ""))
             if self.hooks.trace:
                 self.hooks.trace("exit", {"code": code, "rip": rip})
                 self.engine.exit_rip()      # a tracer may have touched the CPU: take a fresh image
@@ -913,8 +916,8 @@ class Vcpu:
         except Exception as ex:   # noqa: BLE001
             lines.append(f"(state unavailable: {ex!r})")
         lines.append("last exits (oldest first):")
-        for t_ns, code, rip, detail in self.last_exits:
-            lines.append(f"  t={t_ns}ns {exit_name(code)} rip={rip:#x} {detail}")
+        for seq, code, rip, detail in self.last_exits:
+            lines.append(f"  #{seq} {exit_name(code)} rip={rip:#x} {detail}")
         return "\n".join(lines)
 
 
