@@ -38,6 +38,7 @@ from ..errors import ConfigError
 from ..x86.arch import Vector, canonical
 from ..x86.events import Event, EventKind
 from ..x86.svm import SvmExit
+from . import contexts
 from .crpin import PinError
 from .msrs import GuestGP, InterceptPending, MsrState
 
@@ -467,15 +468,9 @@ class Domains:
     def _swap(self, target: int, copy: tuple[str, ...]) -> None:
         eng = self.engine
         vals = [eng.reg(r) for r in copy]
-        cur = self.domains[self.current]
-        cur.ctx = eng.uc.context_save()
-        cur.msr_state = self.vcpu.msr_state
+        contexts.save(self.vcpu, self.domains[self.current])
         t = self.domains[target]
-        eng.uc.context_restore(t.ctx)
-        self.vcpu.msr_state = t.msr_state
-        eng.set_nested_cr3(t.npt.root)
-        eng.set_intercepts(self.p.base_intercept)
-        eng.ack_exception()
+        contexts.install(self.vcpu, t, t.npt.root, self.p.base_intercept)
         for r, v in zip(copy, vals, strict=True):
             eng.set_reg(r, v)
         prev, self.current = self.current, target
@@ -514,25 +509,7 @@ class Domains:
                 v._vsm_bypass = False
 
     def viewing(self, domain: int):
-        from contextlib import contextmanager
-
-        @contextmanager
-        def cm():
-            if domain == self.current:
-                yield
-                return
-            eng = self.engine
-            running, running_msrs = eng.uc.context_save(), self.vcpu.msr_state
-            d = self.domains[domain]
-            eng.uc.context_restore(d.ctx)
-            self.vcpu.msr_state = d.msr_state
-            try:
-                yield
-            finally:
-                d.ctx, d.msr_state = eng.uc.context_save(), self.vcpu.msr_state
-                eng.uc.context_restore(running)
-                self.vcpu.msr_state = running_msrs
-        return cm()
+        return contexts.viewing(self.vcpu, self.domains[domain], domain == self.current)
 
     # ================================================================== intercepts and violations
     def _intercept(self, pi: PendingIntercept) -> None:

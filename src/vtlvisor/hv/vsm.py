@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import logging
 import struct
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -58,6 +56,7 @@ from ..x86.arch import CR0, EFER, MSR, Vector, canonical
 from ..x86.events import Event, EventKind
 from ..x86.paging import Access, NonCanonical, PageFault, walk
 from ..x86.svm import SvmExit
+from . import contexts
 from .hyperv import VTL_CALL_OFFSET, VTL_RETURN_OFFSET, HvVtlMsrs, HypercallError, HypercallInput, HyperV
 from .msrs import GuestGP, InterceptPending, MsrState
 from .stop import StopReason
@@ -232,11 +231,7 @@ class Vsm:
     def _install(self, target: int) -> None:
         """Make VTL ``target``'s saved context live (engine + hypervisor shadows)."""
         t = self.vtls[target]
-        self.engine.uc.context_restore(t.ctx)
-        self.vcpu.msr_state = t.msr_state
-        self.engine.set_nested_cr3(t.npt.root)
-        self.engine.set_intercepts(self._intercepts_for(target))
-        self.engine.ack_exception()
+        contexts.install(self.vcpu, t, t.npt.root, self._intercepts_for(target))
 
     def _intercepts_for(self, vtl: int) -> int:
         """SVM intercepts while ``vtl`` runs: the core set plus the descriptor-table writes the
@@ -257,8 +252,7 @@ class Vsm:
         src = self.active_vtl
         shared = self._capture_shared()
         cur = self.vtls[src]
-        cur.ctx = self.engine.uc.context_save()
-        cur.msr_state = self.vcpu.msr_state
+        contexts.save(self.vcpu, cur)
         self.active_vtl = target
         self._install(target)
         self._apply_shared(shared)
@@ -319,27 +313,10 @@ class Vsm:
         if self.p.memory.contains(gpa, 256):
             self.p.memory.write(gpa, message)
 
-    @contextmanager
-    def viewing(self, vtl: int) -> Iterator[None]:
+    def viewing(self, vtl: int):
         """Make a non-running VTL's state live in the engine for register access, then put the running
         VTL back. Shared registers are the same in both, so they are not touched."""
-        if vtl == self.active_vtl:
-            yield
-            return
-        eng = self.engine
-        running = eng.uc.context_save()
-        running_msrs = self.vcpu.msr_state
-        t = self.vtls[vtl]
-        eng.uc.context_restore(t.ctx)
-        self.vcpu.msr_state = t.msr_state
-        try:
-            yield
-        finally:
-            t.ctx = eng.uc.context_save()
-            t.msr_state = self.vcpu.msr_state
-            eng.uc.context_restore(running)
-            self.vcpu.msr_state = running_msrs
-            eng.flush_tlb()
+        return contexts.viewing(self.vcpu, self.vtls[vtl], vtl == self.active_vtl)
 
     # ================================================================== VtlCall / VtlReturn
     def vtl_call_or_return(self, vcpu: Vcpu, control: int) -> None:
