@@ -89,11 +89,8 @@ def run_one(attack: Attack, with_protection: bool, trace_dir: str | None = None)
     text = out.decode(errors="replace")
     m = next((m for m in _LINE.finditer(text) if m.group(1) == attack.name.split("-")[0]
               or m.group(1) == attack.name), None)
-    evidence = [f"CR{b.cr} write {b.old:#x}->{b.attempted:#x} blocked at RIP {b.rip:#x} (CPL {b.cpl})"
-                for b in part.crpin.blocked]
-    vsm = part.vsm
-    if vsm is not None:
-        evidence += [f"VTL switches {vsm.switches}"] if vsm.switches else []
+    # the hypervisor's own account of what it refused or redirected (hv/evidence.py)
+    evidence = part.vcpu.security.lines()
     trace_file = None
     if tracer and trace_dir:
         trace_file = str(Path(trace_dir) / f"{attack.name}-{'with' if with_protection else 'without'}.json")

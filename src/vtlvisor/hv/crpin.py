@@ -113,8 +113,8 @@ class CrPinning:
             self.blocked.append(rec)
         log.debug("blocked CR%d write %#x -> %#x at RIP %#x (CPL %d): pinned bits", cr, old, new,
                  rec.rip, rec.cpl)
-        if vcpu.hooks.trace:
-            vcpu.hooks.trace("blocked_cr_write", asdict(rec))
+        vcpu.security_event("blocked_cr_write", f"CR{cr} write {old:#x}->{new:#x} blocked at RIP {rec.rip:#x} "
+                            f"(CPL {rec.cpl}): pinned bits", cr=cr, old=old, attempted=new, cpl=rec.cpl)
         raise GuestGP(0, f"CR{cr} write would change pinned bits")
 
     # ------------------------------------------------------------------ MSRs (MsrProvider)
@@ -143,6 +143,8 @@ class CrPinning:
             else:
                 self.set_pins(cr, high=value)
         except PinError as e:
+            vcpu.security_event("refused_pin_msr", f"wrmsr {msr:#x} <- {value:#x} refused with #GP: {e}",
+                                msr=msr, value=value)
             raise GuestGP(0, str(e)) from None
         if vcpu.hooks.trace:
             vcpu.hooks.trace("cr_pin", {"msr": msr, "value": value})

@@ -222,6 +222,8 @@ class HyperV:
         fast value); RAX result {status 0-15, reps completed 32-43}."""
         from .vcpu import GuestFault
         if vcpu.cpl() != 0 or not vcpu.engine.code64():
+            vcpu.security_event("refused_hypercall", f"Hyper-V hypercall (RCX {vcpu.reg('rcx'):#x}) at CPL "
+                                f"{vcpu.cpl()} -> #UD", vtl=self.vsm.active_vtl)
             raise GuestFault(Vector.UD)
         control = vcpu.reg("rcx")
         code = control & 0xFFFF
@@ -229,6 +231,10 @@ class HyperV:
             self.vsm.vtl_call_or_return(vcpu, control)
             return
         status, reps = self._dispatch(vcpu, control)
+        if status != HvStatus.HV_STATUS_SUCCESS:
+            name = HvCallCode(code).name if code in HvCallCode._value2member_map_ else f"hypercall {code:#x}"
+            vcpu.security_event("refused_hypercall", f"{name} from VTL{self.vsm.active_vtl} -> "
+                                f"{HvStatus(status).name if status in HvStatus._value2member_map_ else hex(status)}", vtl=self.vsm.active_vtl, code=code, status=status)
         if vcpu.hooks.trace:
             vcpu.hooks.trace("hypercall", {"abi": "hyperv", "code": code, "status": status, "reps": reps,
                                            "vtl": self.vsm.active_vtl})

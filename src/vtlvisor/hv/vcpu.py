@@ -42,6 +42,7 @@ from ..x86.paging import (
 )
 from ..x86.svm import SvmExit
 from .clock import VirtualClock
+from .evidence import SecurityLog
 from .msrs import GuestGP, InterceptPending, MsrState, MsrTable
 from .stop import RunResult, StopReason
 
@@ -122,6 +123,8 @@ class Vcpu:
         self.vp_index = vp_index
         self.msr_state = MsrState()
         self.hooks = VcpuHooks()
+        #: what the hypervisor refused or redirected for this vCPU (evidence for users and the attack suite)
+        self.security = SecurityLog()
         self.result: RunResult | None = None
         self.exit_counts: dict[int, int] = {}
         self.last_exits: deque[ExitRecord] = deque(maxlen=32)
@@ -230,6 +233,10 @@ class Vcpu:
 
     def load_segments(self, segs: dict[str, tuple[int, int, int, int]]) -> None:
         self.engine.set_segments({k: Segment(*v) for k, v in segs.items()})
+
+    def security_event(self, kind: str, text: str, vtl: int | None = None, **args) -> None:
+        """Record a protection decision (and trace it when tracing): see hv/evidence.py."""
+        self.security.record(kind, text, self.engine.rip, vtl, self.hooks.trace, **args)
 
     def cpl(self) -> int:
         return self.engine.cpl()

@@ -285,6 +285,10 @@ class Vsm:
         vector = (ev >> 16) & 0xFFFF
         err = (ev >> 32) & 0xFFFFFFFF if ev & (1 << 8) else None
         cr2 = (ev >> 64) & MASK64 if vector == Vector.PF else None
+        name = Vector(vector).name if vector in Vector._value2member_map_ else str(vector)
+        self.vcpu.security_event("inject", f"higher VTL injected #{name}{'' if err is None else f'({err:#x})'}"
+                                 f" into VTL{t.vtl} at RIP {self.engine.rip:#x} (HvRegisterPendingEvent0)",
+                                 vtl=t.vtl, vector=vector)
         self.vcpu.queue_event(Event(vector, EventKind.EXCEPTION, err, cr2=cr2))
 
     def _assist_gpa(self, t: VtlContext) -> int | None:
@@ -327,6 +331,8 @@ class Vsm:
         if code == HvCallCode.HvCallVtlCall:
             target = self.highest_enabled_above(self.active_vtl)
             if target is None or not self.vtls[target].enabled:
+                vcpu.security_event("refused_vtl_call", f"VtlCall from VTL{self.active_vtl} with no higher VTL "
+                                    "-> #UD", vtl=self.active_vtl)
                 raise GuestFault(Vector.UD)
             if vcpu.hooks.trace:
                 vcpu.hooks.trace("hypercall", {"abi": "hyperv", "code": code, "vtl": self.active_vtl})
@@ -357,11 +363,12 @@ class Vsm:
                                 segment_register(cs.base, cs.limit, cs.selector, attributes_from_flags(cs.flags)),
                                 v.engine.rip, v.reg("rflags"))
 
-    def _deliver_intercept(self, higher: int, msg_type: int, payload: bytes) -> None:
+    def _deliver_intercept(self, higher: int, msg_type: int, payload: bytes, what: str = "") -> None:
         msg = hv_message(msg_type, payload)
-        if self.vcpu.hooks.trace:
-            self.vcpu.hooks.trace("intercept", {"type": HvMessageType(msg_type).name, "to_vtl": higher,
-                                                "rip": self.engine.rip})
+        kind = HvMessageType(msg_type).name.removeprefix("HvMessageType")
+        self.vcpu.security_event("intercept", f"{kind} {what} at RIP {self.engine.rip:#x} (VTL{self.active_vtl}, "
+                                 f"CPL {self.vcpu.cpl()}) -> VTL{higher}", vtl=self.active_vtl,
+                                 type=HvMessageType(msg_type).name, to_vtl=higher)
         self.vcpu.request_outer(lambda: self.switch_to(higher, HvVtlEntryReason.HvVtlEntryIntercept, msg))
         raise InterceptPending()
 
@@ -384,7 +391,8 @@ class Vsm:
         name = HvRegisterName.HvX64RegisterCr0 if cr == 0 else HvRegisterName.HvX64RegisterCr4
         payload = self._header(HvInterceptAccessType.HV_INTERCEPT_ACCESS_WRITE, self._insn_len()) \
             + struct.pack("<BBHI", 0, 0, 0, name) + new.to_bytes(16, "little")
-        self._deliver_intercept(higher, HvMessageType.HvMessageTypeRegisterIntercept, payload)
+        self._deliver_intercept(higher, HvMessageType.HvMessageTypeRegisterIntercept, payload,
+                                f"CR{cr} write {old:#x}->{new:#x}")
         return True
 
     def _msr_intercept(self, vcpu: Vcpu, msr: int, write: bool, value: int) -> None:
@@ -398,7 +406,8 @@ class Vsm:
         access = HvInterceptAccessType.HV_INTERCEPT_ACCESS_WRITE if write else HvInterceptAccessType.HV_INTERCEPT_ACCESS_READ
         payload = self._header(access, 2) + struct.pack("<IIQQ", msr, 0, (value >> 32) if write else 0,
                                                         (value & 0xFFFFFFFF) if write else 0)
-        self._deliver_intercept(higher, HvMessageType.HvMessageTypeX64MsrIntercept, payload)
+        self._deliver_intercept(higher, HvMessageType.HvMessageTypeX64MsrIntercept, payload,
+                                f"{'wrmsr' if write else 'rdmsr'} {msr:#x}" + (f" <- {value:#x}" if write else ""))
 
     def msr_write_filter(self, vcpu: Vcpu, msr: int, value: int) -> bool:
         if vcpu._vsm_bypass:
@@ -415,6 +424,8 @@ class Vsm:
         """Descriptor-table reads (NPIEP), writes (HyperGuard) and nested page faults (protections)."""
         if code in NPIEP_BIT:
             if self.active.hv_msrs.npiep_config & NPIEP_BIT[code] and vcpu.cpl() > 0:
+                vcpu.security_event("npiep", f"NPIEP: {SvmExit(code).name.removesuffix('_READ')} read at CPL "
+                                    f"{vcpu.cpl()} RIP {vcpu.engine.rip:#x} -> #GP(0)", vtl=self.active_vtl)
                 raise GuestGP(0, "NPIEP: descriptor-table read at CPL>0")
             return False
         if code in DT_WRITE_INTERCEPT:
@@ -425,7 +436,8 @@ class Vsm:
             value = self._dt_operand(vcpu, code)
             payload = self._header(HvInterceptAccessType.HV_INTERCEPT_ACCESS_WRITE, self._insn_len()) \
                 + struct.pack("<BBHI", 0, 0, 0, name) + value.to_bytes(16, "little")
-            self._deliver_intercept(higher, HvMessageType.HvMessageTypeRegisterIntercept, payload)
+            self._deliver_intercept(higher, HvMessageType.HvMessageTypeRegisterIntercept, payload,
+                                    f"{HvRegisterName(name).name.removeprefix('HvX64Register')} write {value:#x}")
         if code == SvmExit.NPF:
             return self._npf(vcpu)
         return False
@@ -465,7 +477,8 @@ class Vsm:
         code = self._insn_bytes(vcpu)
         payload = self._header(access, 0) + struct.pack("<IBBBBQQ", 0, len(code), 0, 0, 0, 0, gpa) \
             + code.ljust(16, b"\0")
-        self._deliver_intercept(higher, HvMessageType.HvMessageTypeGpaIntercept, payload)
+        self._deliver_intercept(higher, HvMessageType.HvMessageTypeGpaIntercept, payload,
+                                f"{access.name.removeprefix('HV_INTERCEPT_ACCESS_').lower()} of GPA {gpa:#x}")
         return True
 
     def _insn_bytes(self, vcpu: Vcpu) -> bytes:
@@ -500,7 +513,9 @@ class Vsm:
         access = (HvInterceptAccessType.HV_INTERCEPT_ACCESS_WRITE if denied.write
                   else HvInterceptAccessType.HV_INTERCEPT_ACCESS_READ)
         payload = self._header(access, 0) + struct.pack("<IBBBBQQ", 0, 0, 0, 0, 0, 0, denied.gpa) + bytes(16)
-        self._deliver_intercept(higher, HvMessageType.HvMessageTypeGpaIntercept, payload)
+        self._deliver_intercept(higher, HvMessageType.HvMessageTypeGpaIntercept, payload,
+                                f"{'write' if denied.write else 'read'} of GPA {denied.gpa:#x} by the hypervisor "
+                                "for the VTL")
 
     # ================================================================== protections
     def _ensure_npt(self, vtl: int) -> NestedPageTable:
