@@ -15,6 +15,7 @@ Ed25519 is RFC 8032 section 5.1 written out with Python integers (no third-party
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import struct
 import sys
@@ -266,11 +267,30 @@ def verify_kernel(d: Path, path: Path) -> None:
     raise SystemExit(0 if ok else 1)
 
 
+ATTACK_ROW_KEYS = {"name", "program", "protection", "models", "image", "without", "with", "expect"}
+
+
+def attacks_json(out: Path, *sources: Path) -> None:
+    """Concatenate the attack rows of guest/vbs/user/attacks/*.json into build/attacks.json (the
+    extension point `vtlvisor attacks` reads), checking each row's shape and that names are unique."""
+    rows, seen = [], set()
+    for src in sources:
+        for row in json.loads(src.read_text()):
+            if set(row) - ATTACK_ROW_KEYS or not {"name", "protection", "image", "without", "with"} <= set(row):
+                raise SystemExit(f"{src}: bad attack row keys {sorted(row)}")
+            if row["name"] in seen:
+                raise SystemExit(f"{src}: duplicate attack name {row['name']}")
+            seen.add(row["name"])
+            rows.append(row)
+    out.write_text(json.dumps(rows, indent=1) + "\n")
+    print(f"attacks-json: {len(rows)} rows from {len(sources)} files")
+
+
 def main(argv: list[str]) -> None:
     _selftest()
     cmd, args = argv[1], [Path(a) for a in argv[2:]]
     {"keygen": keygen, "sign-module": sign_module, "tamper": tamper, "kcfg": kcfg, "sign-kernel": sign_kernel,
-     "verify-kernel": verify_kernel}[cmd](*args)
+     "verify-kernel": verify_kernel, "attacks-json": attacks_json}[cmd](*args)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,14 @@ class Attack:
     image: str
     without: dict            # PartitionConfig overrides + "append"
     with_: dict
+    #: the name the guest prints in its ATTACK line (rows may boot the same program differently)
+    program: str = ""
+    #: a regular expression one line of the blocked run's evidence must match (the right mechanism stopped it)
+    expect: str = ""
+
+    @property
+    def guest_name(self) -> str:
+        return self.program or self.name
 
 
 @dataclass
@@ -58,17 +66,19 @@ def catalogue() -> list[Attack]:
         Attack("wp", "CR pinning (CR0.WP)", "clear CR0.WP, then write read-only kernel text",
                tk, {"append": "attack=wp crpin=off"}, {"append": "attack=wp"}),
         Attack("smep-host", "CR pinning offered by the host", "as smep; the host hides the feature (--no-cr-pin)",
-               tk, {"append": "attack=smep", "cr_pin": False}, {"append": "attack=smep"}),
+               tk, {"append": "attack=smep", "cr_pin": False}, {"append": "attack=smep"}, program="smep"),
     ]
     extra = GUEST / "attacks.json"           # further attacks contributed by the reference guest build
     if extra.exists():
         for a in json.loads(extra.read_text()):
             rows.append(Attack(a["name"], a["protection"], a.get("models", ""), str(GUEST / a["image"]),
-                               a["without"], a["with"]))
+                               a["without"], a["with"], a.get("program", ""), a.get("expect", "")))
     return rows
 
 
 _LINE = re.compile(r"^ATTACK (\S+): (SUCCEEDED|BLOCKED)(.*)$", re.M)
+#: the line a guest prints when its attack program starts (test kernel and VBS kernel)
+_START = re.compile(rb"^\s*attack: ", re.M)
 
 
 def run_one(attack: Attack, with_protection: bool, trace_dir: str | None = None) -> RunOutcome:
@@ -77,8 +87,14 @@ def run_one(attack: Attack, with_protection: bool, trace_dir: str | None = None)
     spec = dict(attack.with_ if with_protection else attack.without)
     append = spec.pop("append", "")
     out = bytearray()
+    mark: list[int] = []      # security-event count when the attack program started (boot noise before it)
+
+    def serial(data: bytes) -> None:
+        out.extend(data)
+        if not mark and _START.search(out):
+            mark.append(part.vcpu.security.count)
     try:
-        part = Partition(PartitionConfig(memory=spec.pop("memory", 64 << 20), serial=out.extend, **spec))
+        part = Partition(PartitionConfig(memory=spec.pop("memory", 64 << 20), serial=serial, **spec))
         tracer = ChromeTracer(part.clock.now) if trace_dir else None
         if tracer:
             part.vcpu.hooks.trace = tracer
@@ -87,10 +103,10 @@ def run_one(attack: Attack, with_protection: bool, trace_dir: str | None = None)
     except Exception as e:   # noqa: BLE001 - a broken run is an ERROR row, not a crash of the matrix
         return RunOutcome("ERROR", f"{type(e).__name__}: {e}")
     text = out.decode(errors="replace")
-    m = next((m for m in _LINE.finditer(text) if m.group(1) == attack.name.split("-")[0]
-              or m.group(1) == attack.name), None)
+    m = next((m for m in _LINE.finditer(text) if m.group(1) == attack.guest_name), None)
     # the hypervisor's own account of what it refused or redirected (hv/evidence.py)
-    evidence = part.vcpu.security.lines()
+    start = mark[0] if mark else 0
+    evidence = [e.text for e in part.vcpu.security.events if e.seq > start]
     trace_file = None
     if tracer and trace_dir:
         trace_file = str(Path(trace_dir) / f"{attack.name}-{'with' if with_protection else 'without'}.json")
@@ -107,10 +123,13 @@ def _job(args: tuple[Attack, bool, str | None]) -> RunOutcome:
 
 def run_matrix(only: str | None = None, trace_dir: str | None = None, jobs: int = 2,
                progress=None) -> list[Row]:
-    attacks = [a for a in catalogue() if only is None or a.name == only]
-    if only is not None and not attacks:
+    known = catalogue()
+    names = None if only is None else [n for n in only.split(",") if n]
+    unknown = [n for n in names or [] if n not in {a.name for a in known}]
+    if names is not None and (unknown or not names):
         from .errors import ConfigError
-        raise ConfigError(f"unknown attack '{only}' (known: {', '.join(a.name for a in catalogue())})")
+        raise ConfigError(f"unknown attack '{','.join(unknown) or only}' (known: {', '.join(a.name for a in known)})")
+    attacks = [a for a in known if names is None or a.name in names]
     work = [(a, w, trace_dir) for a in attacks for w in (False, True)]
     results: dict[tuple[str, bool], RunOutcome] = {}
     with ProcessPoolExecutor(max_workers=jobs) as pool:

@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-cr-pin", dest="cr_pin", action="store_false",
                    help="hide CR pinning (KVM_FEATURE_CR_PIN clear, pin MSRs #GP)")
     a = sub.add_parser("attacks", help="run the attack matrix (each attack without and with its protection)")
-    a.add_argument("--only", metavar="NAME")
+    a.add_argument("--only", metavar="NAME[,NAME...]", help="run only these attacks")
     a.add_argument("--json", metavar="FILE")
     a.add_argument("--trace-dir", metavar="DIR", help="write one trace per run into DIR")
     t = sub.add_parser("trace", help="inspect trace files")

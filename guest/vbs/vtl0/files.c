@@ -8,7 +8,7 @@ extern const u8 mod_hello_ko[], mod_hello_ko_end[], mod_unsigned_ko[], mod_unsig
 static const char motd[] = "Welcome to the vtlvisor VBS reference guest.\n";
 static const char shadow[] = "root:$6$vtlvisor$s3cr3t-h4sh-0f-r00t:19700:0:99999:7:::\n";
 
-#define NFILES 5
+#define NFILES 6
 const int n_files = NFILES;
 struct file files_table[NFILES] __ro_after_init;
 
@@ -22,6 +22,8 @@ void files_init(void)
                          (u64)(mod_unsigned_ko_end - mod_unsigned_ko)};
     f[4] = (struct file){"/lib/modules/tampered.ko", 0, 0644, mod_tampered_ko,
                          (u64)(mod_tampered_ko_end - mod_tampered_ko)};
+    kallsyms_init();
+    f[5] = (struct file){"/proc/kallsyms", 0, 0444, (const u8 *)kallsyms_text, kallsyms_len};
 }
 
 const struct file *file_lookup(const char *path)

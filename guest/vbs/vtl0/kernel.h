@@ -20,7 +20,7 @@
 #define USER_STACK_VA (USER_BASE + 0x200000ull)
 #define USER_STACK_SIZE 0x4000ull
 #define USER_DATA_VA (USER_BASE + 0x400000ull)
-#define USER_DATA_SIZE 0x2000ull
+#define USER_DATA_SIZE 0x4000ull /* [0,4K) arguments, [4K,8K) scratch, [8K,16K) kallsyms buffer */
 #define USER_END (USER_BASE + 0x800000ull)
 
 /* System calls: RAX = number, RDI/RSI/RDX = arguments, RAX = result (negative errno). */
@@ -71,6 +71,22 @@ extern char __kernel_start[], __ktext_end[], __text_end[], __utext_start[], __ut
     static const char __kexport_name_##sym[] = #sym;                                  \
     static const struct kexport __kexport_##sym __attribute__((used, section(".kexports"))) = { \
         __kexport_name_##sym, (u64)&(sym)}
+
+/* /proc/kallsyms (kallsyms.c): KSYM(sym) lists sym; world-readable, as with kptr_restrict=0 and no KASLR */
+struct ksym {
+    const char *name;
+    u64 addr;
+};
+#define KSYM(sym) \
+    static const struct ksym __ksym_##sym __attribute__((used, section(".ksyms"))) = {#sym, (u64)&(sym)}
+extern char __ksyms_start[], __ksyms_end[];
+extern u64 cr4_shadow; /* the CR4 value the kernel believes in (Linux: cpu_tlbstate.cr4) */
+void kallsyms_init(void);
+extern char kallsyms_text[];
+extern u64 kallsyms_len;
+/* attack.c: attack=NAME runs the ring-3 attack program NAME (guest/vbs/user) as an unprivileged process */
+int run_attack(const char *name);
+extern char uattack_start[];
 
 /* Features (ro_after_init) */
 struct vbs_state {

@@ -1,6 +1,7 @@
 /*
  * The VBS VTL0 kernel: boot, VSM bring-up (or CR pinning without VTL1), feature arming, the checks.
- * Command line: vsm= hvci= kdp= kcfg= hyperguard= credguard= crpin= (on|off), vulndrv, checks=a,b|none.
+ * Command line: vsm= hvci= kdp= kcfg= hyperguard= credguard= crpin= (on|off), vulndrv, checks=a,b|none,
+ * attack=NAME (guest/vbs/user/attacks, docs/attacks.md).
  */
 #include "lib/bootinfo.h"
 #include "lib/cpu.h"
@@ -176,8 +177,13 @@ void kmain64(u32 magic, u32 mbi_phys)
     kprintf("vbs: boot complete\n");
 
     const char *sel = cmdline_value("checks");
+    const char *attack = cmdline_value("attack");
+    if (attack && !sel)
+        sel = "none"; /* attack=NAME runs that attack program instead of the checks (unless checks= says) */
     if (!word_is(sel, "none"))
         n_failed += run_checks(sel);
+    if (attack)
+        n_failed += run_attack(attack);
     if (n_failed)
         kprintf("FAILED %d\n", n_failed);
     else

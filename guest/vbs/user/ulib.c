@@ -1,0 +1,294 @@
+/* The ring-3 runtime of the attack programs: see ulib.h. */
+#include "vbs/user/ulib.h"
+
+NORETURN void u_exit(u64 code)
+{
+    usys(SYS_EXIT, code, 0, 0);
+    for (;;)
+        __asm__ volatile("ud2");
+}
+long u_write(const char *s, u64 n) { return usys(SYS_WRITE, (u64)s, n, 0); }
+long u_open(const char *path) { return usys(SYS_OPEN, (u64)path, 0, 0); }
+long u_read(long fd, void *buf, u64 n) { return usys(SYS_READ, (u64)fd, (u64)buf, n); }
+long u_close(long fd) { return usys(SYS_CLOSE, (u64)fd, 0, 0); }
+long u_getuid(void) { return usys(SYS_GETUID, 0, 0, 0); }
+long u_init_module(const char *name) { return usys(SYS_INIT_MODULE, (u64)name, 0, 0); }
+
+void *memset(void *d, int c, size_t n)
+{
+    u8 *p = d;
+    while (n--)
+        *p++ = (u8)c;
+    return d;
+}
+void *memcpy(void *d, const void *s, size_t n)
+{
+    u8 *p = d;
+    const u8 *q = s;
+    while (n--)
+        *p++ = *q++;
+    return d;
+}
+int memcmp(const void *a, const void *b, size_t n)
+{
+    const u8 *p = a, *q = b;
+    for (; n; n--, p++, q++)
+        if (*p != *q)
+            return *p - *q;
+    return 0;
+}
+size_t strlen(const char *s)
+{
+    size_t n = 0;
+    while (s[n])
+        n++;
+    return n;
+}
+int strncmp(const char *a, const char *b, size_t n)
+{
+    for (; n; n--, a++, b++)
+        if (*a != *b || !*a)
+            return (u8)*a - (u8)*b;
+    return 0;
+}
+int strcmp(const char *a, const char *b) { return strncmp(a, b, (size_t)-1); }
+
+u64 u_strtoull(const char *s, const char **end, int base)
+{
+    u64 v = 0;
+    if (base == 16 && s[0] == '0' && (s[1] == 'x' || s[1] == 'X'))
+        s += 2;
+    for (;; s++) {
+        int d;
+        if (*s >= '0' && *s <= '9')
+            d = *s - '0';
+        else if (base == 16 && *s >= 'a' && *s <= 'f')
+            d = *s - 'a' + 10;
+        else if (base == 16 && *s >= 'A' && *s <= 'F')
+            d = *s - 'A' + 10;
+        else
+            break;
+        v = v * (u64)base + (u64)d;
+    }
+    if (end)
+        *end = s;
+    return v;
+}
+
+const char *u_arg(const char *args, const char *key)
+{
+    size_t k = strlen(key);
+    for (const char *p = args; *p;) {
+        while (*p == ' ')
+            p++;
+        if (!strncmp(p, key, k) && p[k] == '=')
+            return p + k + 1;
+        while (*p && *p != ' ')
+            p++;
+    }
+    return NULL;
+}
+
+/* %s %c %d %ld %u %lu %x %lx %llx %p, optional 0-padding and width; %.*s */
+int u_vsnprintf(char *out, size_t n, const char *fmt, va_list ap)
+{
+    size_t o = 0;
+#define PUT(ch)             \
+    do {                    \
+        if (o + 1 < n)      \
+            out[o] = (ch);  \
+        o++;                \
+    } while (0)
+    for (; *fmt; fmt++) {
+        if (*fmt != '%') {
+            PUT(*fmt);
+            continue;
+        }
+        fmt++;
+        char pad = ' ';
+        int width = 0, prec = -1, longs = 0;
+        if (*fmt == '0')
+            pad = '0', fmt++;
+        while (*fmt >= '0' && *fmt <= '9')
+            width = width * 10 + (*fmt++ - '0');
+        if (*fmt == '.' && fmt[1] == '*')
+            prec = va_arg(ap, int), fmt += 2;
+        while (*fmt == 'l')
+            longs++, fmt++;
+        char tmp[24];
+        int t = 0;
+        const char *s = NULL;
+        u64 v = 0;
+        int base = 10;
+        bool neg = false;
+        switch (*fmt) {
+        case 's':
+            s = va_arg(ap, const char *);
+            if (!s)
+                s = "(null)";
+            for (int i = 0; s[i] && (prec < 0 || i < prec); i++)
+                PUT(s[i]);
+            continue;
+        case 'c':
+            PUT((char)va_arg(ap, int));
+            continue;
+        case '%':
+            PUT('%');
+            continue;
+        case 'd': {
+            s64 x = longs ? va_arg(ap, s64) : va_arg(ap, int);
+            neg = x < 0;
+            v = neg ? (u64)-x : (u64)x;
+            break;
+        }
+        case 'u':
+            v = longs ? va_arg(ap, u64) : va_arg(ap, unsigned);
+            break;
+        case 'p':
+            PUT('0');
+            PUT('x');
+            v = (u64)va_arg(ap, void *);
+            base = 16;
+            break;
+        case 'x':
+            v = longs ? va_arg(ap, u64) : va_arg(ap, unsigned);
+            base = 16;
+            break;
+        default:
+            PUT('?');
+            continue;
+        }
+        do {
+            tmp[t++] = "0123456789abcdef"[v % (u64)base];
+            v /= (u64)base;
+        } while (v);
+        if (neg)
+            PUT('-');
+        for (int i = t; i < width; i++)
+            PUT(pad);
+        while (t)
+            PUT(tmp[--t]);
+    }
+    if (n)
+        out[o < n ? o : n - 1] = 0;
+    return (int)o;
+#undef PUT
+}
+
+int u_snprintf(char *out, size_t n, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int r = u_vsnprintf(out, n, fmt, ap);
+    va_end(ap);
+    return r;
+}
+
+static void u_vprintf(const char *fmt, va_list ap)
+{
+    char buf[256];
+    int n = u_vsnprintf(buf, sizeof(buf), fmt, ap);
+    u_write(buf, (u64)(n < (int)sizeof(buf) ? n : (int)sizeof(buf) - 1));
+}
+
+void u_printf(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    u_vprintf(fmt, ap);
+    va_end(ap);
+}
+
+long vulndrv(u64 op, u64 a, u64 b) { return usys(SYS_VULNDRV, op, a, b); }
+u64 kread(u64 addr) { return (u64)vulndrv(VULNDRV_READ, addr, 0); }
+long kwrite(u64 addr, u64 value) { return vulndrv(VULNDRV_WRITE, addr, value); }
+long kcall(u64 target, u64 arg) { return vulndrv(VULNDRV_CALL, target, arg); }
+
+u64 ksym(const char *name)
+{
+    char *buf = (char *)(USER_DATA_VA + 0x2000); /* kernel.h: the kallsyms buffer */
+    long fd = u_open("/proc/kallsyms");
+    if (fd < 0) {
+        u_printf("  attack: cannot open /proc/kallsyms (%ld)\n", fd);
+        return 0;
+    }
+    long n = u_read(fd, buf, 0x1fff);
+    u_close(fd);
+    if (n < 0)
+        n = 0;
+    buf[n] = 0;
+    size_t k = strlen(name);
+    for (char *p = buf; *p;) {
+        const char *end;
+        u64 a = u_strtoull(p, &end, 16);
+        /* "addr t name\n" */
+        if (end[0] == ' ' && end[1] && end[2] == ' ' && !strncmp(end + 3, name, k) &&
+            (end[3 + k] == '\n' || !end[3 + k]))
+            return a;
+        while (*p && *p != '\n')
+            p++;
+        if (*p)
+            p++;
+    }
+    u_printf("  attack: symbol %s not in /proc/kallsyms\n", name);
+    return 0;
+}
+
+static void report(const char *what, const char *fmt, va_list ap)
+{
+    const char *name = ATTACK_CMDLINE;
+    int n = 0;
+    while (name[n] && name[n] != ' ')
+        n++;
+    char buf[256];
+    int o = u_snprintf(buf, sizeof(buf), "ATTACK %.*s: %s ", n, name, what);
+    if (o < (int)sizeof(buf))
+        o += u_vsnprintf(buf + o, sizeof(buf) - (size_t)o, fmt, ap);
+    if (o > (int)sizeof(buf) - 2)
+        o = (int)sizeof(buf) - 2;
+    buf[o++] = '\n';
+    u_write(buf, (u64)o);
+}
+
+NORETURN void attack_succeeded(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    report("SUCCEEDED", fmt, ap);
+    va_end(ap);
+    u_exit(0);
+}
+
+NORETURN void attack_blocked(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    report("BLOCKED", fmt, ap);
+    va_end(ap);
+    u_exit(1);
+}
+
+NORETURN void attack_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    u_printf("  attack: ERROR ");
+    u_vprintf(fmt, ap);
+    u_printf("\n");
+    va_end(ap);
+    u_exit(2);
+}
+
+extern const struct uattack __uattacks_start[], __uattacks_end[];
+
+NORETURN void umain(const char *cmdline)
+{
+    int n = 0;
+    while (cmdline[n] && cmdline[n] != ' ')
+        n++;
+    const char *args = cmdline[n] ? cmdline + n + 1 : cmdline + n;
+    for (const struct uattack *a = __uattacks_start; a < __uattacks_end; a++)
+        if ((int)strlen(a->name) == n && !strncmp(a->name, cmdline, (size_t)n))
+            u_exit((u64)a->fn(args));
+    attack_error("no attack program named '%.*s'", n, cmdline);
+}
