@@ -58,6 +58,10 @@ class KvmInterface:
         else:
             h = self.handlers.get(nr)
             ret = -KvmErrno.KVM_ENOSYS if h is None else h(vcpu, *args)
+        if ret < 0 and nr in self.handlers or vcpu.cpl() != 0:
+            err = KvmErrno(-ret).name if -ret in KvmErrno._value2member_map_ else str(ret)
+            vcpu.security_event("refused_hypercall", f"KVM hypercall {nr} at CPL {vcpu.cpl()} -> -{err}",
+                                nr=nr, ret=ret)
         if vcpu.hooks.trace:
             vcpu.hooks.trace("hypercall", {"abi": "kvm", "nr": nr, "ret": ret})
         vcpu.set_reg("rax", ret & MASK64)
