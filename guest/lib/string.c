@@ -1,6 +1,5 @@
 /* memset/memcpy/... (gcc may emit calls to these) and printf-lite. */
 #include "lib/string.h"
-#include "lib/uart.h"
 
 void *memset(void *dst, int c, size_t n)
 {
@@ -240,20 +239,4 @@ int ksnprintf(char *buf, size_t size, const char *fmt, ...)
     int n = kvsnprintf(buf, size, fmt, ap);
     va_end(ap);
     return n;
-}
-
-int kprintf(const char *fmt, ...)
-{
-    char buf[512];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = kvsnprintf(buf, sizeof(buf), fmt, ap);
-    va_end(ap);
-    uart_write(buf, strnlen(buf, sizeof(buf)));
-    return n;
-}
-
-void kputs(const char *s)
-{
-    uart_write(s, strlen(s));
 }

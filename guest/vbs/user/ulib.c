@@ -14,45 +14,6 @@ long u_close(long fd) { return usys(SYS_CLOSE, (u64)fd, 0, 0); }
 long u_getuid(void) { return usys(SYS_GETUID, 0, 0, 0); }
 long u_init_module(const char *name) { return usys(SYS_INIT_MODULE, (u64)name, 0, 0); }
 
-void *memset(void *d, int c, size_t n)
-{
-    u8 *p = d;
-    while (n--)
-        *p++ = (u8)c;
-    return d;
-}
-void *memcpy(void *d, const void *s, size_t n)
-{
-    u8 *p = d;
-    const u8 *q = s;
-    while (n--)
-        *p++ = *q++;
-    return d;
-}
-int memcmp(const void *a, const void *b, size_t n)
-{
-    const u8 *p = a, *q = b;
-    for (; n; n--, p++, q++)
-        if (*p != *q)
-            return *p - *q;
-    return 0;
-}
-size_t strlen(const char *s)
-{
-    size_t n = 0;
-    while (s[n])
-        n++;
-    return n;
-}
-int strncmp(const char *a, const char *b, size_t n)
-{
-    for (; n; n--, a++, b++)
-        if (*a != *b || !*a)
-            return (u8)*a - (u8)*b;
-    return 0;
-}
-int strcmp(const char *a, const char *b) { return strncmp(a, b, (size_t)-1); }
-
 u64 u_strtoull(const char *s, const char **end, int base)
 {
     u64 v = 0;
@@ -89,91 +50,7 @@ const char *u_arg(const char *args, const char *key)
     return NULL;
 }
 
-/* %s %c %d %ld %u %lu %x %lx %llx %p, optional 0-padding and width; %.*s */
-int u_vsnprintf(char *out, size_t n, const char *fmt, va_list ap)
-{
-    size_t o = 0;
-#define PUT(ch)             \
-    do {                    \
-        if (o + 1 < n)      \
-            out[o] = (ch);  \
-        o++;                \
-    } while (0)
-    for (; *fmt; fmt++) {
-        if (*fmt != '%') {
-            PUT(*fmt);
-            continue;
-        }
-        fmt++;
-        char pad = ' ';
-        int width = 0, prec = -1, longs = 0;
-        if (*fmt == '0')
-            pad = '0', fmt++;
-        while (*fmt >= '0' && *fmt <= '9')
-            width = width * 10 + (*fmt++ - '0');
-        if (*fmt == '.' && fmt[1] == '*')
-            prec = va_arg(ap, int), fmt += 2;
-        while (*fmt == 'l')
-            longs++, fmt++;
-        char tmp[24];
-        int t = 0;
-        const char *s = NULL;
-        u64 v = 0;
-        int base = 10;
-        bool neg = false;
-        switch (*fmt) {
-        case 's':
-            s = va_arg(ap, const char *);
-            if (!s)
-                s = "(null)";
-            for (int i = 0; s[i] && (prec < 0 || i < prec); i++)
-                PUT(s[i]);
-            continue;
-        case 'c':
-            PUT((char)va_arg(ap, int));
-            continue;
-        case '%':
-            PUT('%');
-            continue;
-        case 'd': {
-            s64 x = longs ? va_arg(ap, s64) : va_arg(ap, int);
-            neg = x < 0;
-            v = neg ? (u64)-x : (u64)x;
-            break;
-        }
-        case 'u':
-            v = longs ? va_arg(ap, u64) : va_arg(ap, unsigned);
-            break;
-        case 'p':
-            PUT('0');
-            PUT('x');
-            v = (u64)va_arg(ap, void *);
-            base = 16;
-            break;
-        case 'x':
-            v = longs ? va_arg(ap, u64) : va_arg(ap, unsigned);
-            base = 16;
-            break;
-        default:
-            PUT('?');
-            continue;
-        }
-        do {
-            tmp[t++] = "0123456789abcdef"[v % (u64)base];
-            v /= (u64)base;
-        } while (v);
-        if (neg)
-            PUT('-');
-        for (int i = t; i < width; i++)
-            PUT(pad);
-        while (t)
-            PUT(tmp[--t]);
-    }
-    if (n)
-        out[o < n ? o : n - 1] = 0;
-    return (int)o;
-#undef PUT
-}
+int u_vsnprintf(char *out, size_t n, const char *fmt, va_list ap) { return kvsnprintf(out, n, fmt, ap); }
 
 int u_snprintf(char *out, size_t n, const char *fmt, ...)
 {

@@ -11,6 +11,7 @@
 #ifndef VBS_USER_ULIB_H
 #define VBS_USER_ULIB_H
 
+#include "lib/string.h"
 #include "lib/types.h"
 #include "vbs/vtl0/kernel.h"
 
@@ -30,13 +31,7 @@ long u_close(long fd);
 long u_getuid(void);
 long u_init_module(const char *name);
 
-/* ---- strings and output (no libc: the program is freestanding) ---- */
-void *memset(void *d, int c, size_t n);
-void *memcpy(void *d, const void *s, size_t n);
-int memcmp(const void *a, const void *b, size_t n);
-size_t strlen(const char *s);
-int strcmp(const char *a, const char *b);
-int strncmp(const char *a, const char *b, size_t n);
+/* ---- output; the string routines and kvsnprintf of guest/lib/string.c are linked in ---- */
 int u_vsnprintf(char *out, size_t n, const char *fmt, va_list ap);
 int u_snprintf(char *out, size_t n, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 void u_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
