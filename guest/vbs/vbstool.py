@@ -267,7 +267,8 @@ def verify_kernel(d: Path, path: Path) -> None:
     raise SystemExit(0 if ok else 1)
 
 
-ATTACK_ROW_KEYS = {"name", "program", "protection", "models", "image", "without", "with", "expect"}
+ATTACK_ROW_KEYS = {"name", "program", "protection", "models", "image", "without", "with", "expect",
+                   "expect_guest"}
 
 
 def attacks_json(out: Path, *sources: Path) -> None:

@@ -31,6 +31,9 @@ class Attack:
     program: str = ""
     #: a regular expression one line of the blocked run's evidence must match (the right mechanism stopped it)
     expect: str = ""
+    #: the same for the guest's own output after the attack started, for protections that are guest code
+    #: with no hypervisor decision at the moment of the block (kCFG's check runs in VTL0)
+    expect_guest: str = ""
 
     @property
     def guest_name(self) -> str:
@@ -44,6 +47,8 @@ class RunOutcome:
     evidence: list[str] = field(default_factory=list)
     exit_status: int = 0
     trace: str | None = None
+    #: the guest's serial output from the attack's start (bounded)
+    guest: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -72,11 +77,13 @@ def catalogue() -> list[Attack]:
     if extra.exists():
         for a in json.loads(extra.read_text()):
             rows.append(Attack(a["name"], a["protection"], a.get("models", ""), str(GUEST / a["image"]),
-                               a["without"], a["with"], a.get("program", ""), a.get("expect", "")))
+                               a["without"], a["with"], a.get("program", ""), a.get("expect", ""),
+                               a.get("expect_guest", "")))
     return rows
 
 
 _LINE = re.compile(r"^ATTACK (\S+): (SUCCEEDED|BLOCKED)(.*)$", re.M)
+GUEST_LINES_KEPT = 200
 #: the line a guest prints when its attack program starts (test kernel and VBS kernel)
 _START = re.compile(rb"^\s*attack: ", re.M)
 
@@ -87,12 +94,12 @@ def run_one(attack: Attack, with_protection: bool, trace_dir: str | None = None)
     spec = dict(attack.with_ if with_protection else attack.without)
     append = spec.pop("append", "")
     out = bytearray()
-    mark: list[int] = []      # security-event count when the attack program started (boot noise before it)
+    mark: list[int] = []      # security-event count and output offset when the attack program started
 
     def serial(data: bytes) -> None:
         out.extend(data)
-        if not mark and _START.search(out):
-            mark.append(part.vcpu.security.count)
+        if not mark and (m := _START.search(out)):
+            mark.extend((part.vcpu.security.count, m.start()))
     try:
         part = Partition(PartitionConfig(memory=spec.pop("memory", 64 << 20), serial=serial, **spec))
         tracer = ChromeTracer(part.clock.now) if trace_dir else None
@@ -105,16 +112,17 @@ def run_one(attack: Attack, with_protection: bool, trace_dir: str | None = None)
     text = out.decode(errors="replace")
     m = next((m for m in _LINE.finditer(text) if m.group(1) == attack.guest_name), None)
     # the hypervisor's own account of what it refused or redirected (hv/evidence.py)
-    start = mark[0] if mark else 0
+    start, offset = mark if mark else (0, 0)
     evidence = [e.text for e in part.vcpu.security.events if e.seq > start]
+    guest = out[offset:].decode(errors="replace").splitlines()[:GUEST_LINES_KEPT]
     trace_file = None
     if tracer and trace_dir:
         trace_file = str(Path(trace_dir) / f"{attack.name}-{'with' if with_protection else 'without'}.json")
         tracer.write(trace_file)
     if m is None:
         return RunOutcome("ERROR", f"no ATTACK line (stop: {result.reason.value} {result.detail[:80]})",
-                          evidence, result.exit_status, trace_file)
-    return RunOutcome(m.group(2), m.group(0).strip(), evidence, result.exit_status, trace_file)
+                          evidence, result.exit_status, trace_file, guest)
+    return RunOutcome(m.group(2), m.group(0).strip(), evidence, result.exit_status, trace_file, guest)
 
 
 def _job(args: tuple[Attack, bool, str | None]) -> RunOutcome:

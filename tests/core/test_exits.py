@@ -1,7 +1,7 @@
 """The core's exits and event delivery, driven by real guest machine code."""
 
 import pytest
-from asmguest import COUNT, KCODE, RESUME, SCRATCH, TICKS, UCODE, AsmGuest, to_user
+from asmguest import COUNT, KCODE, RESUME, SCRATCH, TICKS, UCODE, USTACK, AsmGuest, to_user
 
 from vtlvisor.hv.stop import StopReason
 
@@ -283,3 +283,28 @@ def test_wild_guest_never_raises(insn):
     g = AsmGuest(insn + "\n", idt_limit=0)
     r = g.run()
     assert r.reason in (StopReason.TRIPLE_FAULT, StopReason.MACHINE_CHECK)
+
+
+def test_int_to_a_ring3_handler_pushes_its_frame_as_a_user_access_under_smap():
+    """A DPL-3 gate to a CPL-3 code segment: the frame push goes to the user stack at CPL 3, a
+    user-mode access (SDM 4.6.1 lists only GDT/LDT/IDT/TSS as implicit supervisor accesses), so SMAP
+    does not apply and the handler runs; the handler's own fault then reaches the kernel."""
+    import struct
+    handler = UCODE + 0x100
+    g = AsmGuest("""
+        mov rax, cr4
+        or rax, 0x300000
+        mov cr4, rax
+    """ + resume("back") + to_user() + "back:\n",
+                 user="int 0x82\n")
+    from asmguest import asm
+    g.part.memory.write(handler, asm(f"mov rax, {USTACK - 0x800:#x}\nmov qword ptr [rax], 0x5a5a\nud2\n", handler))
+    g.part.memory.write(0x7000 + 16 * 0x82, struct.pack("<HHBBHII", handler & 0xFFFF, 0x2B, 0, 0xEE,
+                                                         (handler >> 16) & 0xFFFF, handler >> 32, 0))
+    g.run()
+    (vec, err, rip, cs, _), = g.log()
+    assert (vec, rip, cs) == (UD, handler + 14, 0x2B), g.log()
+    assert g.u64(USTACK - 0x800) == 0x5A5A
+    # the frame the CPU pushed on the user stack: RIP after INT, CS, RFLAGS, RSP, SS
+    frame = [g.u64(USTACK - 40 + 8 * i) for i in range(5)]
+    assert frame[0] == UCODE + 2 and frame[1] == 0x2B and frame[3] == USTACK and frame[4] == 0x23

@@ -30,7 +30,7 @@ from .descriptors import (
     TYPE_TRAP_GATE,
     TYPE_TRAP_GATE16,
 )
-from .paging import IMPLICIT, IMPLICIT_WRITE, NonCanonical, PageFault, Translator
+from .paging import IMPLICIT, IMPLICIT_WRITE, USER_WRITE, NonCanonical, PageFault, Translator
 
 # plain ints on the hot path (IntEnum/IntFlag arithmetic is ~30x slower than int arithmetic)
 _DF, _TS, _NP, _SS, _GP, _PF = (int(v) for v in (Vector.DF, Vector.TS, Vector.NP, Vector.SS, Vector.GP,
@@ -200,8 +200,9 @@ def _descriptor(raw: bytes) -> tuple[int, int, int]:
 
 
 def _deliver_once(cpu: CpuAccess, ev: Event, st: EventState) -> None:
-    """One delivery attempt. Every guest-virtual access is an implicit supervisor access through
-    ``st.tlb`` (one walk per page); a #PF there becomes DeliveryFault(#PF), a non-canonical address
+    """One delivery attempt. Every guest-virtual access goes through ``st.tlb`` (one walk per page):
+    IDT, GDT/LDT and TSS reads are implicit supervisor accesses, the frame push is an access at the
+    new CPL (a user-mode access for a CPL-3 handler, SDM 4.6.1); a #PF there becomes DeliveryFault(#PF), a non-canonical address
     #GP(0), or #SS(0) for the frame push. Nothing changes CPU state before ``event_commit``."""
     vec = ev.vector & 0xFF
     software = ev.kind is _SOFTWARE
@@ -281,7 +282,7 @@ def _deliver_once(cpu: CpuAccess, ev: Event, st: EventState) -> None:
                 data = _FRAME64(rip & _M64, cs_sel, rflags & _M64, rsp & _M64, ss_sel)
             new_rsp = (new_rsp - len(data)) & _M64
             non_canonical = _SS
-            tlb.push(new_rsp, data, 8, IMPLICIT_WRITE)
+            tlb.push(new_rsp, data, 8, USER_WRITE if new_cpl == 3 else IMPLICIT_WRITE)
             if new_cpl != cpl:
                 new_ss = (new_cpl, 0, 0, new_cpl << 13)    # NULL SS with RPL = new CPL
         else:
@@ -303,7 +304,7 @@ def _deliver_once(cpu: CpuAccess, ev: Event, st: EventState) -> None:
             data = _FRAME32[len(frame)](*(v & 0xFFFFFFFF for v in frame))
             new_rsp = (new_rsp - len(data)) & 0xFFFFFFFF
             non_canonical = _SS
-            tlb.push((stack_base + new_rsp) & 0xFFFFFFFF, data, 4, IMPLICIT_WRITE)
+            tlb.push((stack_base + new_rsp) & 0xFFFFFFFF, data, 4, USER_WRITE if new_cpl == 3 else IMPLICIT_WRITE)
     except PageFault as pf:
         raise DeliveryFault(_PF, pf.error_code, pf.va) from None
     except NonCanonical:

@@ -96,7 +96,7 @@ class Access:
     write: bool = False
     user: bool = False          # CPL 3 access (implicit supervisor accesses pass False)
     fetch: bool = False
-    implicit: bool = False      # implicit supervisor access (descriptor tables, TSS, delivery stack)
+    implicit: bool = False      # implicit supervisor access (descriptor tables, IDT, TSS)
 
 
 READ = Access()
@@ -104,6 +104,9 @@ WRITE = Access(write=True)
 #: the accesses of event delivery and instruction fetch, allocated once
 IMPLICIT = Access(implicit=True)
 IMPLICIT_WRITE = Access(write=True, implicit=True)
+#: the frame push of an event delivered to a CPL-3 handler: SDM 4.6.1 lists GDT/LDT/IDT/TSS accesses as
+#: implicit supervisor accesses, not the stack, so the push is an access at the handler's CPL
+USER_WRITE = Access(write=True, user=True)
 FETCH = Access(fetch=True)
 FETCH_USER = Access(fetch=True, user=True)
 
