@@ -1,5 +1,6 @@
 /* CPU bring-up shared by the VTL0 kernels: 8259 off, feature detection, NX, WP/SMEP/SMAP/UMIP. */
 #include "lib/cpu.h"
+#include "lib/bootinfo.h"
 #include "lib/desc.h"
 #include "lib/io.h"
 #include "lib/msr.h"
@@ -42,7 +43,7 @@ void cpu_protect(void)
         cr4 |= CR4_SMEP;
     if (cpu.smap)
         cr4 |= CR4_SMAP;
-    if (cpu.umip)
+    if (cpu.umip && !word_is(cmdline_value("umip"), "off")) /* umip=off: leave it clear (attack rows) */
         cr4 |= CR4_UMIP;
     write_cr4(cr4);
     cr4 = read_cr4();

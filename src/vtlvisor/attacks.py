@@ -49,6 +49,8 @@ class RunOutcome:
     trace: str | None = None
     #: the guest's serial output from the attack's start (bounded)
     guest: list[str] = field(default_factory=list)
+    #: the lines of ``guest`` that match the row's ``expect_guest`` (guest-side evidence)
+    guest_evidence: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -60,7 +62,8 @@ class Row:
 
     @property
     def ok(self) -> bool:
-        return self.without.outcome == "SUCCEEDED" and self.with_.outcome == "BLOCKED" and bool(self.with_.evidence)
+        return (self.without.outcome == "SUCCEEDED" and self.with_.outcome == "BLOCKED"
+                and bool(self.with_.evidence or self.with_.guest_evidence))
 
 
 def catalogue() -> list[Attack]:
@@ -115,14 +118,15 @@ def run_one(attack: Attack, with_protection: bool, trace_dir: str | None = None)
     start, offset = mark if mark else (0, 0)
     evidence = [e.text for e in part.vcpu.security.events if e.seq > start]
     guest = out[offset:].decode(errors="replace").splitlines()[:GUEST_LINES_KEPT]
+    guest_ev = [g for g in guest if attack.expect_guest and re.search(attack.expect_guest, g)]
     trace_file = None
     if tracer and trace_dir:
         trace_file = str(Path(trace_dir) / f"{attack.name}-{'with' if with_protection else 'without'}.json")
         tracer.write(trace_file)
     if m is None:
         return RunOutcome("ERROR", f"no ATTACK line (stop: {result.reason.value} {result.detail[:80]})",
-                          evidence, result.exit_status, trace_file, guest)
-    return RunOutcome(m.group(2), m.group(0).strip(), evidence, result.exit_status, trace_file, guest)
+                          evidence, result.exit_status, trace_file, guest, guest_ev)
+    return RunOutcome(m.group(2), m.group(0).strip(), evidence, result.exit_status, trace_file, guest, guest_ev)
 
 
 def _job(args: tuple[Attack, bool, str | None]) -> RunOutcome:
@@ -152,7 +156,8 @@ def format_table(rows: list[Row]) -> str:
     head = f"{'attack':<14} {'protection':<32} {'without':<10} {'with':<9} {'ok':<3} evidence"
     lines = [head, "-" * len(head)]
     for r in rows:
-        ev = r.with_.evidence[0] if r.with_.evidence else r.with_.line
+        ev = (r.with_.evidence[0] if r.with_.evidence
+              else f"(guest) {r.with_.guest_evidence[0].strip()}" if r.with_.guest_evidence else "-")
         lines.append(f"{r.attack:<14} {r.protection:<32} {r.without.outcome:<10} {r.with_.outcome:<9} "
                      f"{'yes' if r.ok else 'NO':<3} {ev}")
         lines.append(f"{'':<14} {'':<32} guest: {r.with_.line}")

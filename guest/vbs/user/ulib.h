@@ -66,4 +66,16 @@ struct uattack { /* 16 bytes, 16-aligned: an array between __uattacks_start/_end
 #define UATTACK(n, f) \
     static const struct uattack __uattack_##f __attribute__((used, aligned(16), section(".uattacks"))) = {n, f}
 
+/* ---- families 10-11 (docs/attacks/secret-undo.md): kernel calls with several arguments, kernel
+ * buffers, hypercalls through the kernel's hypercall page ---- */
+long kcall3(u64 target, u64 a0, u64 a1, u64 a2);                           /* VULNDRV_CALL6 */
+long kcall6(u64 target, u64 a0, u64 a1, u64 a2, u64 a3, u64 a4, u64 a5);
+u64 kalloc_page(void); /* a zeroed kernel page (VA == GPA) from the kernel's own page_alloc(); 0 on failure */
+void kwrite_buf(u64 kaddr, const void *src, u64 n); /* kwrite word by word (n rounded up to 8) */
+void kread_buf(void *dst, u64 kaddr, u64 n);        /* kread word by word (n rounded up to 8) */
+/* RCX = control, RDX = input GPA, R8 = output GPA, through the hypercall page the kernel enabled
+ * (__hvcall_page): returns RAX (status in bits 0-15).  A hypercall page that is not enabled is no
+ * hypercall: the caller checks HV_X64_MSR_HYPERCALL first. */
+u64 khypercall(u64 control, u64 in_gpa, u64 out_gpa);
+
 #endif

@@ -41,6 +41,8 @@
 #define VULNDRV_READ 1  /* (addr): returns *(u64 *)addr */
 #define VULNDRV_WRITE 2 /* (addr, value): *(u64 *)addr = value */
 #define VULNDRV_CALL 3  /* (target, arg): returns ((u64 (*)(u64))target)(arg), through the kCFG check */
+#define VULNDRV_CALL6 4 /* (target, uargs): target(uargs[0..5]) (a user array of six u64), through the kCFG
+                           * check: a ROP chain calling a kernel function with several arguments */
 
 #define ENOENT 2
 #define EBADF 9
