@@ -521,6 +521,9 @@ class Vcpu:
     # -- descriptor tables (UMIP, NPIEP, HyperGuard)
     def _exit_dt_read(self, code: int) -> None:
         if self.reg("cr4") & _CR4_UMIP and self.cpl() > 0:
+            # the engine has no UMIP: this check is the whole protection, so it is evidence too
+            self.security_event("umip", f"UMIP: {SvmExit(code).name.removesuffix('_READ')} read at CPL {self.cpl()} "
+                                f"RIP {self.engine.rip:#x} -> #GP(0)")
             raise GuestGP(0, "UMIP: SGDT/SIDT/SLDT/STR at CPL>0")
         for f in self.hooks.intercept_filters:
             if f(self, code):
