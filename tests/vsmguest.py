@@ -8,14 +8,18 @@ Memory (guest-physical = guest-virtual, identity paging shared by both VTLs):
   0x50000 a VTL1 secret page   0x52000 VTL1 log (entry reasons...)   0x180000 VTL1 code, stack 0x1F0000
 
 VTL1 runs a service loop: on each entry it logs the entry reason, handles the VTL0 request in RDI
-(VTL call) or the intercept message, then returns with a fast VtlReturn.
+(VTL call) or the intercept message, then returns with a normal (not fast) VtlReturn: RCX = 0 into the
+hypercall page's return sequence, VTL0's RAX/RCX from VTL1's VP assist page (a command's result in RAX;
+after an intercept, VTL0's own RAX/RCX). Command 5 makes any hypercall
+for VTL0: control R12, input R13, output R14, status stored at R15 (if not 0). Command 6 logs XMM0 and DR0
+as VTL1 sees them, then writes shared (XMM0, DR0, an MTRR) and private (DR7, FS.BASE) state.
 """
 
 from __future__ import annotations
 
 import struct
 
-from asmguest import KSTACK, SCRATCH, AsmGuest
+from asmguest import KSTACK, SCRATCH, TICKS, AsmGuest
 
 from vtlvisor.abi.hyperv import HvCallCode, HvRegisterName
 
@@ -51,7 +55,13 @@ def hypercall(ctl: int, inp: int = 0, out: int = 0, page: int = HC0, slot: int |
 
 
 def vtl_call(cmd: int) -> str:
-    return f"mov rdi, {cmd}\nmov rax, {HC0 + 0x10:#x}\ncall rax\n"
+    """VtlCall through the hypercall page: RCX = the VTL call control input (0), RDI = the command."""
+    return f"mov rdi, {cmd}\nxor ecx, ecx\nmov rax, {HC0 + 0x10:#x}\ncall rax\n"
+
+
+def vtl1_hypercall(ctl: int, inp: int, out: int = 0, slot: int = 0) -> str:
+    """VtlCall asking VTL1 to make hypercall ``ctl`` (input ``inp``, output ``out``) and store RAX at ``slot``."""
+    return f"mov r12, {ctl:#x}\nmov r13, {inp:#x}\nmov r14, {out:#x}\nmov r15, {slot:#x}\n" + vtl_call(5)
 
 
 SETUP_VTL0 = wrmsr(0x40000000, 0x1) + wrmsr(0x40000001, HC0 | 1) + wrmsr(0x40000073, ASSIST0 | 1)
@@ -91,10 +101,15 @@ def protect_input(flags: int, gpns: list[int], target: int = 0, use_target: bool
 PENDING_GP = 1 | (1 << 8) | (13 << 16)           # exception, deliver error code 0, vector 13
 
 #: VTL1 service loop. Commands (RDI on VtlCall): 1 marker+return value, 2 run the hypercall prepared at
-#: IN(2) (ctl in R12), 3 likewise IN(3)/R13. Intercepts: GpaIntercept / MsrIntercept -> inject #GP into
-#: VTL0 (IN(9) prepared); RegisterIntercept -> skip the instruction (RIP + length).
-VTL1_SRC = wrmsr(0x40000001, HC1 | 1) + wrmsr(0x40000073, ASSIST1 | 1) + wrmsr(0x40000083, SIMP1 | 1) + f"""
+#: IN(2) (ctl in R12), 3 likewise IN(3)/R13, 4 VtlCall into VTL2, 5 any hypercall (R12-R15), 6 the shared/
+#: private state probe, 7 a fast VtlReturn, 8 the
+#: TPR/interrupt probe (reads CR8, spins with IF=1 logging VTL0's TICKS before and after, sets CR8 to 9). Intercepts: GpaIntercept / MsrIntercept -> inject #GP into VTL0 (IN(9) prepared);
+#: RegisterIntercept -> skip the instruction (RIP + length).
+VTL1_SRC = wrmsr(0x40000000, 0x8100000000000002) + wrmsr(0x40000001, HC1 | 1) + wrmsr(0x40000073, ASSIST1 | 1) + wrmsr(0x40000083, SIMP1 | 1) + f"""
 vloop:
+    mov rbx, {V1LOG + 0x900:#x}
+    mov [rbx], rax
+    mov [rbx + 8], rcx
     mov rbx, {ASSIST1 + 8:#x}
     mov eax, [rbx]
     mov rbx, {V1LOG:#x}
@@ -123,8 +138,69 @@ c2:
     mov [rbx], rax
     jmp vret
 c3:
+    cmp rdi, 5
+    jne c4
+    mov rcx, r12
+    mov rdx, r13
+    mov r8, r14
+    mov rax, {HC1:#x}
+    call rax
+    test r15, r15
+    jz vret
+    mov [r15], rax
+    jmp vret
+c4:
+    cmp rdi, 6
+    jne c5
+    mov rbx, {V1LOG + 0x840:#x}
+    movq rax, xmm0
+    mov [rbx], rax
+    mov rax, dr0
+    mov [rbx + 8], rax
+    mov ecx, 0x40000000
+    rdmsr
+    mov [rbx + 16], eax
+    mov [rbx + 20], edx
+    mov rax, 0x2222000022220000
+    movq xmm0, rax
+    mov rax, 0xD0D0
+    mov dr0, rax
+    mov rax, 0x700
+    mov dr7, rax
+{wrmsr(0x200, 0x6)}{wrmsr(0xC0000100, 0xBBBB000)}    jmp vret
+c5:
+    cmp rdi, 8
+    jne c7
+    mov rbx, {V1LOG + 0x860:#x}
+    mov rax, cr8
+    mov [rbx], rax
+    mov rax, {TICKS:#x}
+    mov rax, [rax]
+    mov [rbx + 8], rax
+    sti
+    mov rcx, 30000000
+spin8:
+    dec rcx
+    jnz spin8
+    cli
+    mov rax, {TICKS:#x}
+    mov rax, [rax]
+    mov [rbx + 16], rax
+    mov rax, 9
+    mov cr8, rax
+    jmp vret
+c7:
+    cmp rdi, 7
+    jne c6
+    mov rax, 0x7777
+    mov ecx, 1
+    mov r11, {HC1 + 0x20:#x}
+    call r11
+    jmp vloop
+c6:
     cmp rdi, 4
     jne c3b
+    xor ecx, ecx
     mov r11, {HC1 + 0x10:#x}
     call r11
     mov rbx, {V1LOG + 0x830:#x}
@@ -155,7 +231,7 @@ intercept:
     call rax
     mov rbx, {V1LOG + 0x820:#x}
     mov [rbx], rax
-    jmp vret
+    jmp ivret
 skip:
     mov rbx, {SIMP1 + 16 + 24:#x}
     mov rax, [rbx]
@@ -172,8 +248,15 @@ skip:
     call rax
     mov rbx, {V1LOG + 0x828:#x}
     mov [rbx], rax
+ivret:
+    mov rbx, {V1LOG + 0x900:#x}
+    mov rax, [rbx]
+    mov rcx, [rbx + 8]
 vret:
-    mov rdx, 1
+    mov rbx, {ASSIST1 + 0x10:#x}
+    mov [rbx], rax
+    mov [rbx + 8], rcx
+    xor ecx, ecx
     mov r11, {HC1 + 0x20:#x}
     call r11
     jmp vloop
@@ -181,12 +264,12 @@ vret:
 
 
 class VsmGuest(AsmGuest):
-    def __init__(self, kernel: str, user: str = "", **kw: object) -> None:
+    def __init__(self, kernel: str, user: str = "", mbec: bool = False, **kw: object) -> None:
         super().__init__(kernel, user, hyperv=True, **kw)
         from asmguest import asm
         m = self.part.memory
         m.write(VTL1_CODE, asm(VTL1_SRC, VTL1_CODE))
-        m.write(IN(0), struct.pack("<QBBHI", SELF, 1, 0, 0, 0))
+        m.write(IN(0), struct.pack("<QBBHI", SELF, 1, int(mbec), 0, 0))    # EnablePartitionVtl(1[, MBEC])
         m.write(IN(1), struct.pack("<QIB3x", SELF, 0, 1) + initial_context())
         m.write(IN(9), regs_input(0, [(HvRegisterName.HvRegisterPendingEvent0, PENDING_GP)]))
         m.write(IN(8), regs_input(0, [(HvRegisterName.HvX64RegisterRip, 0)]))

@@ -1,7 +1,8 @@
 """Helpers for domain tests: KVM-convention hypercalls from keystone-assembled guest code.
 
 Boot domain handle slots (default policy): 0 self, 1 MEMORY all RAM (RWX|IMMUTABLE|DELEGATE),
-2 CREATE, 3 INTERCEPT CR0, 4 INTERCEPT CR4, 5 INTERCEPT MSR (any), 6 INTERCEPT DTR, 7 PIN CR0, 8 PIN CR4.
+2 CREATE, 3 INTERCEPT CR0, 4 INTERCEPT CR4, 5 INTERCEPT MSR (any), 6 INTERCEPT DTR, 7 PIN CR0, 8 PIN CR4,
+9 INTERCEPT MEM (memory violations); the first domain it creates is handle 10 (D1H), the second 11.
 A created domain's own table starts with slot 0 = itself.
 """
 
@@ -11,7 +12,8 @@ from vtlvisor.abi.domains import DomainHypercall as H
 
 D1_CODE, D1_STACK = 0x180000, 0x1F0000
 D2_CODE, D2_STACK = 0x1C0000, 0x1E0000
-SELF, MEM, CREATE, I_CR0, I_CR4, I_MSR, I_DTR, PIN_CR0, PIN_CR4 = range(9)
+SELF, MEM, CREATE, I_CR0, I_CR4, I_MSR, I_DTR, PIN_CR0, PIN_CR4, I_MEM = range(10)
+D1H, D2H = 10, 11
 M64 = (1 << 64) - 1
 
 

@@ -6,8 +6,10 @@ from asmguest import RESUME, SCRATCH
 from domguest import (
     D1_CODE,
     D1_STACK,
+    D1H,
     D2_CODE,
     D2_STACK,
+    D2H,
     I_CR4,
     MEM,
     PIN_CR4,
@@ -34,19 +36,19 @@ def resume(label: str) -> str:
     return f"lea rax, [rip + {label}]\nmov r14, {RESUME:#x}\nmov [r14], rax\n"
 
 
-CREATE_D1 = kvm(H.DOMAIN_CREATE, D1_CODE, D1_STACK, slot=S)          # -> handle 9
+CREATE_D1 = kvm(H.DOMAIN_CREATE, D1_CODE, D1_STACK, slot=S)          # -> handle D1H (10)
 
 
 def test_feature_bit_create_call_return_private_state():
     g = DomGuest("mov eax, 0x40000001\ncpuid\n" + f"mov [{S + 0x100:#x}], eax\n" + CREATE_D1
-                 + "mov r12, 0x5151\nmov rsp, 0x9e000\n" + "mov rdi, 7\nmov r8, 8\n" + call(9)
+                 + "mov r12, 0x5151\nmov rsp, 0x9e000\n" + "mov rdi, 7\nmov r8, 8\n" + call(D1H)
                  + f"mov r15, {S + 8:#x}\nmov [r15], rax\nmov [r15+8], rdx\nmov [r15+16], r12\nmov [r15+24], rsp\n",
                  d1=f"mov r13, {S + 0x200:#x}\nmov [r13], rdi\nmov [r13+8], r12\nmov [r13+24], r8\n"
                  + kvm(H.DOMAIN_SELF) + "mov [r13+16], rax\n" + ret(0, 0x4242, 0x77))
     r = g.run()
     assert r.exit_status == 1, g.part.vcpu.state_dump()
     assert g.part.memory.read_u32(S + 0x100) & (1 << 24)
-    assert g.u64(S) == 9                                         # handle: slot 9, generation 0
+    assert g.u64(S) == D1H                                       # handle: slot 10, generation 0
     # the callee got the call arguments but not the caller's other registers
     assert g.u64(S + 0x200) == 7 and g.u64(S + 0x218) == 8 and g.u64(S + 0x208) != 0x5151
     assert g.u64(S + 0x210) == 1                                 # DOMAIN_SELF
@@ -57,11 +59,11 @@ def test_feature_bit_create_call_return_private_state():
 
 def test_memory_view_immutable_grant_and_violation_in_the_domain():
     g = DomGuest(CREATE_D1
-                 + kvm(H.MEM_PROTECT, MEM | (0 << 32), 9, PAGE_A, 1, slot=S + 8)            # D1: no access
-                 + kvm(H.MEM_PROTECT, MEM | (R << 32) | (1 << 36), 9, PAGE_B, 1, slot=S + 16)  # D1: R, one-way
-                 + kvm(H.MEM_PROTECT, MEM | ((R | W) << 32), 9, PAGE_B, 1, slot=S + 24)      # cannot undo
-                 + kvm(H.MEM_PROTECT, MEM | (R << 32), 9, PAGE_A + 4, 1, slot=S + 32)        # misaligned
-                 + call(9)
+                 + kvm(H.MEM_PROTECT, MEM | (0 << 32), D1H, PAGE_A, 1, slot=S + 8)            # D1: no access
+                 + kvm(H.MEM_PROTECT, MEM | (R << 32) | (1 << 36), D1H, PAGE_B, 1, slot=S + 16)  # D1: R, one-way
+                 + kvm(H.MEM_PROTECT, MEM | ((R | W) << 32), D1H, PAGE_B, 1, slot=S + 24)      # cannot undo
+                 + kvm(H.MEM_PROTECT, MEM | (R << 32), D1H, PAGE_A + 4, 1, slot=S + 32)        # misaligned
+                 + call(D1H)
                  + f"mov r15, {PAGE_A:#x}\nmov rax, [r15]\nmov [{S + 40:#x}], rax\n",       # D0 still reads it
                  d1=resume("a") + f"mov r15, {PAGE_A:#x}\nmov rax, [r15]\na:\n"
                  + resume("b") + f"mov r15, {PAGE_B:#x}\nmov qword ptr [r15], 1\nb:\n"
@@ -79,15 +81,15 @@ def test_memory_view_immutable_grant_and_violation_in_the_domain():
 def test_delegation_attenuation_forged_stale_and_revocation():
     g = DomGuest(CREATE_D1
                  + f"mov qword ptr [{0x70000:#x}], {PAGE_A:#x}\nmov qword ptr [{0x70008:#x}], {PAGE_A + 0x1000:#x}\n"
-                 + kvm(H.CAP_DELEGATE, MEM, 9, R | W, 0x70000, slot=S)            # narrowed mem cap -> D1
-                 + kvm(H.CAP_DELEGATE, SELF, 9, 0, 0, slot=S + 8)                 # D1 may name D0
-                 + kvm(H.CAP_DELEGATE, MEM, 9, R | W | X | IMM | DEL | 0x1000, 0, slot=S + 16)   # amplify: no
+                 + kvm(H.CAP_DELEGATE, MEM, D1H, R | W, 0x70000, slot=S)            # narrowed mem cap -> D1
+                 + kvm(H.CAP_DELEGATE, SELF, D1H, 0, 0, slot=S + 8)                 # D1 may name D0
+                 + kvm(H.CAP_DELEGATE, MEM, D1H, R | W | X | IMM | DEL | 0x1000, 0, slot=S + 16)   # amplify: no
                  + kvm(H.CAP_QUERY, 0x1234, slot=S + 24)                          # forged handle
-                 + call(9)
+                 + call(D1H)
                  + resume("a") + f"mov r15, {PAGE_A:#x}\nmov qword ptr [r15], 5\na:\n"   # D1 made it R-only
                  + f"mov r14, {RESUME:#x}\nmov qword ptr [r14], 0\n"
                  + kvm(H.CAP_REVOKE, MEM, slot=S + 32)                            # recursive: D1's copy dies
-                 + call(9),
+                 + call(D1H),
                  d1=kvm(H.CAP_QUERY, 1, slot=S + 0x400)
                  + f"mov r15, {S + 0x408:#x}\nmov [r15], rbx\nmov [r15+8], rcx\n"
                  + kvm(H.MEM_PROTECT, 1 | (R << 32), 2, PAGE_A, 1, slot=S + 0x418)          # ok: D0 page R-only
@@ -112,12 +114,12 @@ def test_delegation_attenuation_forged_stale_and_revocation():
 
 
 def test_recursive_revocation_through_three_domains():
-    g = DomGuest(CREATE_D1 + kvm(H.DOMAIN_CREATE, D2_CODE, D2_STACK, slot=S + 8))     # handles 9, 10
+    g = DomGuest(CREATE_D1 + kvm(H.DOMAIN_CREATE, D2_CODE, D2_STACK, slot=S + 8))     # handles D1H, D2H
     g.run()
     dm = g.part.domains
     dm.current = 0
-    h1 = dm.hc_delegate(g.part.vcpu, MEM, 9, R | W | DEL, 0)                # D0 -> D1
-    dm.hc_delegate(g.part.vcpu, 10, 9, 0, 0)                                # D1 may name D2
+    h1 = dm.hc_delegate(g.part.vcpu, MEM, D1H, R | W | DEL, 0)                # D0 -> D1
+    dm.hc_delegate(g.part.vcpu, D2H, D1H, 0, 0)                                # D1 may name D2
     dm.current = 1
     h2 = dm.hc_delegate(g.part.vcpu, h1, 2, R | DEL, 0)                     # D1 -> D2, attenuated
     dm.current = 2
@@ -137,8 +139,8 @@ def test_recursive_revocation_through_three_domains():
 def test_intercept_capability_cr4_inject_and_complete():
     smep = 1 << 20
     g = DomGuest(CREATE_D1
-                 + kvm(H.CAP_DELEGATE, I_CR4, 9, 0, 0, slot=S) + kvm(H.CAP_DELEGATE, SELF, 9, 0, 0, slot=S + 8)
-                 + "mov rdi, 0\n" + call(9)                                      # D1 arms the intercept
+                 + kvm(H.CAP_DELEGATE, I_CR4, D1H, 0, 0, slot=S) + kvm(H.CAP_DELEGATE, SELF, D1H, 0, 0, slot=S + 8)
+                 + "mov rdi, 0\n" + call(D1H)                                      # D1 arms the intercept
                  + f"mov rax, cr4\nmov [{S + 16:#x}], rax\n"
                  + resume("a") + "mov rax, cr4\nbts rax, 20\nmov cr4, rax\na:\n"  # D1 says: inject #GP
                  + f"mov r14, {RESUME:#x}\nmov qword ptr [r14], 0\n"
@@ -162,7 +164,7 @@ def test_intercept_capability_cr4_inject_and_complete():
 def test_pin_capability_and_creation_needs_create():
     g = DomGuest("mov rax, cr4\nbts rax, 20\nmov cr4, rax\n"
                  + kvm(H.CR_PIN, PIN_CR4, 4, 1 << 20, slot=S) + kvm(H.CR_PIN, PIN_CR4, 4, 1 << 5, slot=S + 8)
-                 + kvm(H.DOMAIN_CREATE, D1_CODE, D1_STACK, slot=S + 24) + call(9),
+                 + kvm(H.DOMAIN_CREATE, D1_CODE, D1_STACK, slot=S + 24) + call(D1H),
                  d1=kvm(H.DOMAIN_CREATE, D2_CODE, D2_STACK, slot=S + 16) + ret())
     g.run()
     assert g.u64(S) == 0 and g.u64(S + 8) == neg(EPERM)
@@ -185,7 +187,7 @@ def test_tcb_comparison_compromised_vtl1_vs_compromised_domain():
     from vsmguest import V1LOG
     assert v.u64(V1LOG + 0x808) & 0xFFFF == 0 and v.u64(V1LOG + 0x810) & 0xFFFF == 0   # both succeed
 
-    d = DomGuest(CREATE_D1 + call(9),
+    d = DomGuest(CREATE_D1 + call(D1H),
                  d1=kvm(H.MEM_PROTECT, 1 | (7 << 32), 0, 0x100000, 1, slot=S)      # no memory capability
                  + kvm(H.REGS_SET, 1, 6, 0x620, slot=S + 8)                          # no register capability
                  + kvm(H.CR_PIN, 3, 4, 0, slot=S + 16)

@@ -109,3 +109,21 @@ def test_status_codes_for_malformed_hypercalls():
     assert (g.u64(SCRATCH + 72) >> 32) & 0xFFF == 1
     vp_status = m.read_u64(OUT(6))
     assert vp_status & 0xF == 0 and (vp_status >> 16) & 0xFFFF == 0b11
+
+
+def test_vtl_return_fast_flag_is_rcx_bit0_and_vtl_call_input_must_be_zero():
+    """TLFS 15.8.1: the VTL return control input (RCX into the hypercall page, RAX at VMMCALL) bit 0 is
+    the fast return; a normal return restores RAX/RCX from the VP assist page, a fast one does not.
+    The VTL call control input is reserved: non-zero is #UD."""
+    def resume(label):
+        return f"lea rax, [rip + {label}]\nmov rbx, {RESUME:#x}\nmov [rbx], rax\n"
+    g = VsmGuest(SETUP_VTL0 + ENABLE_VTL1
+                 + vtl_call(1) + f"mov rdi, {SCRATCH:#x}\nmov [rdi], rax\nmov [rdi+8], rcx\n"    # normal return
+                 + vtl_call(7) + f"mov rdi, {SCRATCH:#x}\nmov [rdi+16], rax\nmov [rdi+24], rcx\n"  # fast return
+                 + resume("a") + f"mov rdi, 1\nmov ecx, 1\nmov rax, {HC0 + 0x10:#x}\ncall rax\na:\n")
+    r = g.run()
+    assert r.exit_status == 1, g.part.vcpu.state_dump()
+    assert g.u64(SCRATCH) == 0x2222                       # RAX from VTL1's VP assist page
+    assert g.u64(SCRATCH + 16) == 1 and g.u64(SCRATCH + 24) == 0x12   # fast: the page's RAX/RCX stay
+    assert [e[0] for e in g.log()] == [UD]                # VtlCall with a non-zero control input
+    assert g.v1log() == [0, 1]                            # two VTL1 entries: the #UD call never entered

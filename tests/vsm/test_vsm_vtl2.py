@@ -19,7 +19,7 @@ from vsmguest import (
 
 from vtlvisor.abi.hyperv import HvCallCode, HvStatus
 
-VTL2_CODE, VTL2_STACK, HC2 = 0x1A0000, 0x1E8000, 0x25000
+VTL2_CODE, VTL2_STACK, HC2, ASSIST2 = 0x1A0000, 0x1E8000, 0x25000, 0x26000
 
 
 def test_vtl2_is_entered_from_vtl1_only_and_returns_through_the_levels():
@@ -32,12 +32,14 @@ def test_vtl2_is_entered_from_vtl1_only_and_returns_through_the_levels():
     m = g.part.memory
     m.write(IN(6), struct.pack("<QBBHI", SELF, 2, 0, 0, 0))
     m.write(IN(2), struct.pack("<QIB3x", SELF, 0, 2) + initial_context(VTL2_CODE, VTL2_STACK))
-    m.write(VTL2_CODE, asm(wrmsr(0x40000001, HC2 | 1) + f"""
+    m.write(VTL2_CODE, asm(wrmsr(0x40000000, 0x8100000000000003) + wrmsr(0x40000001, HC2 | 1)
+                           + wrmsr(0x40000073, ASSIST2 | 1) + f"""
     v2:
         mov rbx, {SCRATCH + 0x900:#x}
         inc qword ptr [rbx]
-        mov rax, 0x3333
-        mov rdx, 1
+        mov rbx, {ASSIST2 + 0x10:#x}
+        mov qword ptr [rbx], 0x3333         ; VtlReturnX64Rax: VTL1's RAX after this (normal) return
+        xor ecx, ecx
         mov r11, {HC2 + 0x20:#x}
         call r11
         jmp v2

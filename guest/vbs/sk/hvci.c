@@ -58,7 +58,7 @@ const char *sk_label(u64 gpa)
 static bool check_params(void)
 {
     const struct vbs_boot_params *p = &bp;
-    if (p->magic != VBS_BOOT_MAGIC || p->ram_top > 0x40000000ull || p->ram_top < SK_BASE + SK_REGION_SIZE)
+    if (p->magic != VBS_BOOT_MAGIC || p->ram_top > 0x40000000ull || p->ram_top < SK_SECURE_BASE + SK_SECURE_SIZE)
         return false;
     vtl0_ram_top = p->ram_top;
     u64 a[] = {p->kernel_start, p->text_end, p->signed_end, p->kcfg_start, p->kcfg_end, p->hvcall_page, p->kernsig,
@@ -134,23 +134,24 @@ long sk_load_kdata(u64 gpa, u64 *out)
             SK_LOG("hvci: kernel signature BAD: HVCI not armed\n");
             return -VBS_EKEYREJECTED;
         }
-        if (memcmp((const void *)bp.hvcall_page, sk_hvcall_page, 4096)) {
+        int hvpage = sk_hvcall_page_state(); /* domains: no hypercall page, the page is plain data */
+        if (hvpage < 0) {
             sk_protect(s, PAGES(s, e), 0xf, "image");
             SK_LOG("hvci: VTL0 hypercall page does not hold the hypervisor's code: HVCI not armed\n");
             return -VBS_EINVAL;
         }
-        sk_protect(s, PAGES(s, t), RX, "text");
-        sk_protect(bp.hvcall_page, 1, RX, "hvcall");
+        sk_protect(s, PAGES(s, t), RX | SK_PROT_ONEWAY, "text");
+        if (hvpage > 0)
+            sk_protect(bp.hvcall_page, 1, RX, "hvcall");
         sk_protect(bp.kernsig, 1, R, "kernsig");
         /* vtlvisor workaround: its nested walk checks execute permission on the guest's page-table pages
          * for instruction fetches (and the NPF crashes the engine), so they stay R+W+X (docs/guest.md) */
         sk_protect(bp.pt_pool_start, PAGES(bp.pt_pool_start, bp.pt_pool_end), RW | HV_MAP_GPA_EXECUTABLE,
                    "vtl0 page tables");
         /* everything else VTL0 owns: readable and writable, never executable */
-        int st = hv_set_reg(HV_INPUT_VTL_SELF, HvRegisterVsmPartitionConfig,
-                            HV_VSM_CFG_ENABLE_VTL_PROTECTION | HV_VSM_CFG_DEFAULT_MASK(RW), 0);
+        int st = sk_set_default_protection(RW);
         if (st) {
-            SK_LOG("hvci: VsmPartitionConfig write failed: status 0x%x\n", st);
+            SK_LOG("hvci: default protection (VsmPartitionConfig) failed: status 0x%x\n", st);
             return -VBS_EFAULT;
         }
         sk_armed |= VBS_F_HVCI;
@@ -159,7 +160,7 @@ long sk_load_kdata(u64 gpa, u64 *out)
                e - s, s, t - 1, t, e - 1, bp.pt_pool_start, bp.pt_pool_end - 1);
     }
     if (sk_requested & VBS_F_KCFG) {
-        if (sk_protect(bp.kcfg_start, PAGES(bp.kcfg_start, bp.kcfg_end), R, "kcfg"))
+        if (sk_protect(bp.kcfg_start, PAGES(bp.kcfg_start, bp.kcfg_end), R | SK_PROT_ONEWAY, "kcfg"))
             return -VBS_EFAULT;
         sk_armed |= VBS_F_KCFG;
         SK_LOG("kcfg: bitmap 0x%lx-0x%lx read-only for VTL0\n", bp.kcfg_start, bp.kcfg_end - 1);

@@ -1,9 +1,12 @@
 /*
  * VTL1 secure kernel: initialisation (self-protection, own page tables), the VTL-call service loop
  * and the services that are not HVCI or HyperGuard (KDP, credential isolation, status, violations).
+ * The same source runs as each feature domain of the domains design (built with SK_DOMAINS against
+ * guest/vbs/dom/dom.c instead of hv.c: docs/domains.md).
  */
 #include "lib/desc.h"
 #include "lib/ed25519.h"
+#include "lib/fixup.h"
 #include "lib/io.h"
 #include "lib/msr.h"
 #include "lib/paging.h"
@@ -14,8 +17,6 @@
 #include "vbs/sk/sk.h"
 
 u8 hc_in[4096] ALIGNED(4096), hc_out[4096] ALIGNED(4096);
-static u8 vp_assist[4096] ALIGNED(4096);
-u8 sk_simp_page[4096] ALIGNED(4096);
 static u8 pt_pool[16][4096] ALIGNED(4096);
 static int pt_used;
 
@@ -49,9 +50,11 @@ void sk_record_violation(u32 kind, u32 access, u32 action, u64 addr, u64 rip, u6
     nviol++;
 }
 
-/* ---- exceptions in VTL1 are fatal */
+/* ---- exceptions in VTL1 are fatal, except at the fixup-table accessors (the vulnerable service's) */
 void trap_dispatch(struct trapframe *tf)
 {
+    if (tf->vector < 32 && fixup_recover(tf, read_cr2()))
+        return;
     kprintf("sk: PANIC: %s (vector %lu) error=0x%lx at rip=0x%lx cr2=0x%lx\nFAILED 255\n",
             tf->vector < 32 ? exc_names[tf->vector] : "irq", tf->vector, tf->error, tf->rip, read_cr2());
     debug_exit(0xff);
@@ -97,28 +100,14 @@ static void paging_init(void)
     write_cr3((u64)pt.pml4);
 }
 
-/* ---- init: hypercall page, VP assist page, SynIC message page, self-protection */
+/* ---- init: the hypervisor layer (hv.c: hypercall, VP assist and message pages, self-protection; dom.c:
+ * the capabilities this domain was given), own page tables, self-tests */
 static void sk_init(void)
 {
     idt_init();
-    SK_LOG("secure kernel entered in VTL1 at 0x%lx (image 0x%lx-0x%lx, region 0x%lx-0x%lx)\n", (u64)sk_header.entry,
-           SK_BASE, (u64)__sk_image_end - 1, SK_BASE, SK_BASE + SK_REGION_SIZE - 1);
-    wrmsr(HV_X64_MSR_HYPERCALL, (u64)sk_hvcall_page | 1);
-    wrmsr(HV_X64_MSR_VP_ASSIST_PAGE, (u64)vp_assist | 1);
-    wrmsr(HV_X64_MSR_SIMP, (u64)sk_simp_page | 1);
-    wrmsr(HV_X64_MSR_SCONTROL, 1);
-    u64 offsets, hi;
-    if (hv_get_reg(HV_INPUT_VTL_SELF, HvRegisterVsmCodePageOffsets, &offsets, &hi) == 0)
-        sk_vtl_return_stub = (u64)sk_hvcall_page + ((offsets >> 12) & 0xfff);
-    /* VTL1 memory: no access at all for VTL0 (code, data, stack, page tables, the key) */
-    u64 pages = SK_REGION_SIZE / 4096;
-    int st = sk_protect(SK_BASE, pages, 0, "vtl1");
-    if (st) {
-        kprintf("sk: PANIC: ModifyVtlProtectionMask on the VTL1 region failed: status 0x%x\n", st);
-        debug_exit(0xff);
-    }
-    SK_LOG("VTL1 region 0x%lx-0x%lx: no access for VTL0 (ModifyVtlProtectionMask flags 0, %lu pages)\n", SK_BASE,
-           SK_BASE + SK_REGION_SIZE - 1, pages);
+    SK_LOG("secure kernel entered in %s at 0x%lx (image 0x%lx-0x%lx, region 0x%lx-0x%lx)\n", sk_name,
+           (u64)sk_header.entry, SK_BASE, (u64)__sk_image_end - 1, SK_BASE, SK_BASE + SK_REGION_SIZE - 1);
+    sk_platform_init();
     paging_init();
     u8 d[32];
     sha256((const u8 *)"abc", 3, d);
@@ -134,7 +123,7 @@ bool vtl0_range_ok(u64 gpa, u64 len)
 {
     if (len == 0 || gpa + len < gpa || gpa + len > vtl0_ram_top)
         return false;
-    return gpa + len <= SK_BASE || gpa >= SK_BASE + SK_REGION_SIZE;
+    return gpa + len <= SK_SECURE_BASE || gpa >= SK_SECURE_BASE + SK_SECURE_SIZE;
 }
 
 /* label: what the range is, for the reader (the violation log labels addresses with sk_label) */
@@ -176,7 +165,7 @@ static long svc_protect_memory(u64 gpa, u64 pages, u64 prot)
         return -VBS_EPERM;
     if (nkdp >= NKDP)
         return -VBS_ENOSPC;
-    int st = sk_protect(gpa, pages, HV_MAP_GPA_READABLE, "kdp");
+    int st = sk_protect(gpa, pages, HV_MAP_GPA_READABLE | SK_PROT_ONEWAY, "kdp");
     if (st)
         return -VBS_EFAULT;
     kdp_ranges[nkdp++] = (struct kdp_range){gpa, gpa + len};
@@ -191,7 +180,7 @@ static long svc_signal_end_of_boot(u64 *out)
     if (sk_armed & VBS_F_KDP) {
         u64 s = bp.ro_after_init_start, e = bp.ro_after_init_end;
         if (e > s) {
-            if (sk_protect(s, (e - s) / 4096, HV_MAP_GPA_READABLE, "ro_after_init"))
+            if (sk_protect(s, (e - s) / 4096, HV_MAP_GPA_READABLE | SK_PROT_ONEWAY, "ro_after_init"))
                 return -VBS_EFAULT;
             kdp_ranges[nkdp++] = (struct kdp_range){s, e};
             SK_LOG("kdp: ro_after_init 0x%lx-0x%lx read-only for VTL0\n", s, e - 1);
@@ -243,6 +232,8 @@ static long dispatch(struct sk_regs *r, u64 out[4])
         return sk_validate_module(a0, a1, a2, a3, &out[0]);
     case VBS_CALL_CRED_HMAC:
         return svc_cred_hmac(a0, a1, out);
+    case VBS_CALL_VULNSK:
+        return sk_vulnsk(a0, a1, a2, out);
     case VBS_CALL_GET_VIOLATION: {
         if (nviol == 0)
             return 0;
@@ -271,32 +262,22 @@ void sk_main(struct sk_regs *first)
 {
     sk_init();
     struct sk_regs r = *first;
-    bool first_entry = true;
+    int reason = SK_ENTRY_CALL; /* the first entry is the kernel's first call */
     for (;;) {
-        u32 reason = first_entry ? HV_VTL_ENTRY_VTL_CALL : *(volatile u32 *)(vp_assist + HV_VP_ASSIST_ENTRY_REASON);
-        first_entry = false;
-        if (reason == HV_VTL_ENTRY_INTERCEPT) {
-            sk_intercept(&r); /* r: all of VTL0's GPRs, to be restored */
-            if (r.rdx & 1) {
-                /* fast return (vtlvisor: RDX bit 0): RAX from the register, RCX = 0x12 from the stub */
-            } else {
-                /* non-fast return: the hypervisor restores RAX and RCX from the VP assist page */
-                *(volatile u64 *)(vp_assist + 0x10) = r.rax;
-                *(volatile u64 *)(vp_assist + 0x18) = r.rcx;
-            }
+        if (reason == SK_ENTRY_INTERCEPT) {
+            sk_intercept(&r); /* r: all of VTL0's GPRs, to be restored (VSM) */
         } else {
             u64 out[4] = {0, 0, 0, 0};
             long st = dispatch(&r, out);
-            /* scrub: only the status and the outputs go back; RDX = 1 asks for a fast return */
+            /* scrub: only the status and the outputs go back */
             memset(&r, 0, sizeof(r));
             r.rax = (u64)st;
             r.rsi = out[0];
             r.r8 = out[1];
             r.r9 = out[2];
             r.r10 = out[3];
-            r.rdx = 1;
             memset(out, 0, sizeof(out));
         }
-        sk_switch(&r);
+        reason = sk_return_and_wait(&r, reason);
     }
 }

@@ -18,6 +18,8 @@ extern const char *volatile current_check;
 extern char gadget_write_cr4[];
 #define KDP_CANARY 0x6b64702d63616e31ull
 #define USCRIPT ((struct uscript *)USER_DATA_VA)
+bool vsm_hyperv(void);                       /* vsm.c: VSM design (else domains: docs/domains.md) */
+int vbs_check_domains(char *d, size_t dn);   /* vsm.c: CHECK domains */
 #define D(...) ksnprintf(d, dn, __VA_ARGS__)
 #define FAILF(...)   \
     do {             \
@@ -156,7 +158,8 @@ static int c_vsm(char *d, size_t dn)
     struct vbs_ret unknown = vbs_call(0x12345, 0, 0, 0, 0);
     if (again.status != -VBS_EPERM || unknown.status != -VBS_ENOSYS)
         FAILF("LOAD_KDATA after boot %ld (want -EPERM), unknown id %ld (want -ENOSYS)", again.status, unknown.status);
-    D("VTL1 at 0x%lx (0x%lx bytes), armed 0x%lx, phase runtime; boot-time calls refused", r.r[2], r.r[3], r.r[0]);
+    D("%s at 0x%lx (0x%lx bytes), armed 0x%lx, phase runtime; boot-time calls refused",
+      vsm_hyperv() ? "VTL1" : "4 feature domains", r.r[2], r.r[3], r.r[0]);
     return 1;
 }
 
@@ -526,6 +529,9 @@ static int c_lidt(char *d, size_t dn)
 
 static int c_npiep(char *d, size_t dn)
 {
+    if (vbs.vsm && !vsm_hyperv())
+        SKIPF("domains design: NPIEP is a Hyper-V synthetic MSR; UMIP (locked by the HyperGuard domain) makes ring-3 "
+              "SGDT/SIDT #GP instead");
     if (!regs_locked())
         SKIPF("HyperGuard off: NPIEP not configured");
     u64 cfg;
@@ -589,7 +595,7 @@ static int c_cred_hmac(char *d, size_t dn)
     char hc[2 * sizeof(chal)], hm[65];
     hex(hc, (const u8 *)chal, sizeof(chal) - 1);
     hex(hm, mac, 32);
-    kprintf("CRED challenge=%s hmac=%s by=%s\n", hc, hm, by_vtl1 ? "vtl1" : "vtl0");
+    kprintf("CRED challenge=%s hmac=%s by=%s\n", hc, hm, by_vtl1 ? (vsm_hyperv() ? "vtl1" : "domain") : "vtl0");
     if (by_vtl1 && vbs_cred_key_vtl0())
         FAILF("VTL0 holds a copy of the key");
     if (by_vtl1) {
@@ -598,8 +604,9 @@ static int c_cred_hmac(char *d, size_t dn)
             if (*p)
                 FAILF("the staging copy of the secure kernel was not wiped");
     }
-    D("HMAC-SHA256 computed by %s (%s)", by_vtl1 ? "VTL1" : "VTL0",
-      by_vtl1 ? "the key exists only in VTL1 memory" : "credential isolation off: the key is in VTL0 memory");
+    D("HMAC-SHA256 computed by %s (%s)", by_vtl1 ? (vsm_hyperv() ? "VTL1" : "the credential domain") : "VTL0",
+      by_vtl1 ? (vsm_hyperv() ? "the key exists only in VTL1 memory" : "the key exists only in the credential domain's memory")
+              : "credential isolation off: the key is in VTL0 memory");
     return 1;
 }
 
@@ -660,8 +667,8 @@ static u64 setreg_self(u32 name, u64 lo, u64 hi)
 
 static int c_setvpregs(char *d, size_t dn)
 {
-    if (!vbs.vsm)
-        SKIPF("no Hyper-V hypercalls without VTL1");
+    if (!vbs.vsm || !vsm_hyperv())
+        SKIPF("no Hyper-V hypercalls without VTL1 (domains: REGS_SET on oneself is refused by the hypervisor)");
     u64 cr4 = read_cr4(), lstar = rdmsr(MSR_LSTAR);
     struct desc_ptr idt0;
     __asm__ volatile("sidt %0" : "=m"(idt0));
@@ -703,6 +710,7 @@ struct check {
 #define CHECK(n, f) {n, f, false}
 static const struct check checks[] = {
     CHECK("vsm", c_vsm),
+    CHECK("domains", vbs_check_domains),
     CHECK("user-syscall", c_user_syscall),
     CHECK("creds", c_creds),
     CHECK("timer", c_timer),

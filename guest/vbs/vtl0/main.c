@@ -20,6 +20,9 @@ u64 kdp_canary __ro_after_init;
 #define KDP_CANARY 0x6b64702d63616e31ull
 bool vsm_probe(void);
 void vsm_no_vtl1_key(void);
+bool vsm_hyperv(void);        /* vsm.c: the secure side is Hyper-V VSM (else capability domains, or none) */
+void vsm_print_design(void);
+extern int vbs_cmdline_failures;
 
 static int n_failed;
 
@@ -98,7 +101,7 @@ static const char *state(u32 bit)
 
 static void print_features(void)
 {
-    kprintf("vbs: vsm %s\n", vbs.vsm ? "on" : vbs.vsm_available ? "off" : "unavailable");
+    vsm_print_design(); /* "vbs: vsm ..." and "vbs: domains ..." */
     for (u64 i = 0; i < ARRAY_SIZE(feature_keys); i++) {
         const char *s = state(feature_keys[i].bit);
         kprintf("vbs: %s %s\n", feature_keys[i].key, s);
@@ -137,7 +140,8 @@ void kmain64(u32 magic, u32 mbi_phys)
     files_init();
     timer_init();
 
-    vbs.vsm_available = vsm_probe();
+    vbs.vsm_available = vsm_probe(); /* Hyper-V VSM or capability domains (design=) */
+    n_failed += vbs_cmdline_failures;
     if (want_vsm && vbs.vsm_available) {
         if (vsm_boot()) {
             kprintf("vsm: FAILED to start VTL1\n");
@@ -160,7 +164,8 @@ void kmain64(u32 magic, u32 mbi_phys)
     module_init_dir();
     kdp_canary = KDP_CANARY;
     if (vbs.armed & VBS_F_HYPERGUARD || (vbs.vsm && (vbs.requested & VBS_F_HYPERGUARD))) {
-        wrmsr(HV_X64_MSR_NPIEP_CONFIG, HV_NPIEP_ALL); /* VTL0 writes its own NPIEP config (trust caveat) */
+        if (vsm_hyperv()) /* a Hyper-V MSR: none with domains (UMIP, locked by HyperGuard, does the same) */
+            wrmsr(HV_X64_MSR_NPIEP_CONFIG, HV_NPIEP_ALL); /* VTL0 writes its own NPIEP config (trust caveat) */
         struct vbs_ret r = vbs_call(VBS_CALL_LOCK_REGS, 0, 0, 0, 0);
         kprintf("vsm: LOCK_REGS: status %ld\n", r.status);
         if (r.status)

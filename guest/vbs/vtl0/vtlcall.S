@@ -17,6 +17,7 @@ vbs_vtl_call:
     mov 24(%rdi), %r8
     mov 32(%rdi), %r9
     mov 0(%rdi), %rdi
+    xor %ecx, %ecx                  /* the VTL call control input (the stub moves RCX to RAX): 0 */
     call *vtl_call_stub(%rip)       /* hypercall page + VsmCodePageOffsets.VtlCall */
     pop %rdi
     mov %rax, 40(%rdi)
@@ -48,11 +49,77 @@ hvcall_page:
     .balign 4096
     .skip 4096                      /* struct vbs_kernel_sig */
 
-/* The secure kernel image (guest/build/vbs/sk.bin), copied to the VTL1 region at boot, then wiped. */
+/* Domains design: void dom_vtl_call(u64 handle, struct vbs_callregs *c, u64 r10) -- DOMAIN_CALL into a
+ * feature domain with the VTL-call service convention (RDI id, RSI/RDX/R8/R9 a0..a3; R10 the boot-time
+ * extra); it answers RAX = status, RSI/R8/R9/R10 = r0..r3 (the rest of our registers are untouched: the
+ * hypervisor keeps every domain's CPU state private, so only what the callee returns comes back). */
+    .text
+    .balign 16
+    .globl dom_vtl_call
+dom_vtl_call:
+    push %rbx
+    push %rbp
+    push %r12
+    push %r13
+    push %r14
+    push %r15
+    push %rsi
+    mov %rdi, %rbx                  /* a0: the DOMAIN handle */
+    mov %rdx, %r10
+    mov 8(%rsi), %rax               /* a0 */
+    mov 16(%rsi), %rdx
+    mov 24(%rsi), %r8
+    mov 32(%rsi), %r9
+    mov 0(%rsi), %rdi
+    mov %rax, %rsi
+    mov $0x10b, %eax                /* DOMAIN_CALL */
+    vmmcall
+    pop %rdi
+    mov %rax, 40(%rdi)
+    mov %rsi, 48(%rdi)
+    mov %r8, 56(%rdi)
+    mov %r9, 64(%rdi)
+    mov %r10, 72(%rdi)
+    pop %r15
+    pop %r14
+    pop %r13
+    pop %r12
+    pop %rbp
+    pop %rbx
+    ret
+
+/* The secure kernel image (guest/build/vbs/sk.bin) and the four feature-domain images of the domains
+ * design (guest/build/vbs/dom/<role>.bin), copied to the secure region at boot; all of it is wiped then
+ * (the VSM image and the credential domain's image hold the credential key). */
     .section .vtl1_image, "aw"
     .balign 4096
-    .globl vtl1_image, vtl1_image_end
+    .globl vtl1_image, vtl1_image_end, dom_images
 vtl1_image:
     .incbin VBS_SK_BIN
+    .balign 4096
+dom_image_hvci:
+    .incbin VBS_DOM_hvci
+dom_image_hvci_end:
+    .balign 4096
+dom_image_kdp:
+    .incbin VBS_DOM_kdp
+dom_image_kdp_end:
+    .balign 4096
+dom_image_hyperguard:
+    .incbin VBS_DOM_hyperguard
+dom_image_hyperguard_end:
+    .balign 4096
+dom_image_cred:
+    .incbin VBS_DOM_cred
+dom_image_cred_end:
 vtl1_image_end:
     .balign 4096
+
+/* {start, end} of each feature-domain image, by role (dom_abi.h DOM_ROLE_*) */
+    .section .rodata
+    .balign 8
+dom_images:
+    .quad dom_image_hvci, dom_image_hvci_end
+    .quad dom_image_kdp, dom_image_kdp_end
+    .quad dom_image_hyperguard, dom_image_hyperguard_end
+    .quad dom_image_cred, dom_image_cred_end

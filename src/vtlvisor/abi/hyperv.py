@@ -220,6 +220,7 @@ class HvRegisterName(IntEnum):
     HvRegisterVsmCapabilities = 0x000D0006
     HvRegisterVsmPartitionConfig = 0x000D0007
     HvRegisterVsmVpSecureConfigVtl0 = 0x000D0010
+    HvRegisterVsmVpSecureConfigVtl1 = 0x000D0011
     HvX64RegisterCrInterceptControl = 0x000E0000
     HvX64RegisterCrInterceptCr0Mask = 0x000E0001
     HvX64RegisterCrInterceptCr4Mask = 0x000E0002
@@ -270,12 +271,53 @@ class HvVsmPartitionConfig(IntFlag):
     InterceptUnrecoverableException = 1 << 11
 
 
+class HvEnablePartitionVtlFlags(IntFlag):
+    """HvCallEnablePartitionVtl flags byte (hvdef EnablePartitionVtlFlags)."""
+
+    EnableMbec = 1 << 0
+    EnableSupervisorShadowStack = 1 << 1
+    EnableHardwareHvpt = 1 << 2
+
+
+class HvVsmVpSecureVtlConfig(IntFlag):
+    """HvRegisterVsmVpSecureConfigVtl<n> (TLFS 15.5.2 "Configuring Lower VTLs"): a higher VTL's own
+    instance for the lower VTL n. MBEC needs this bit and the EnableMbec flag of HvCallEnablePartitionVtl
+    for the higher VTL (TLFS 15.9, "MBEC configuration")."""
+
+    MbecEnabled = 1 << 0
+    TlbLocked = 1 << 1
+    SupervisorShadowStackEnabled = 1 << 2
+    HardwareHvptEnabled = 1 << 3
+
+
+#: HvRegisterVsmCapabilities (hvdef HvRegisterVsmCapabilities; Linux hvgdk_mini.h
+#: hv_register_vsm_capabilities): bit 0 Dr6Shared, bits 1-16 MbecVtlMask, bit 17 DenyLowerVtlStartup.
+#: The TLFS page lists the same fields from bit 63 downwards; hvdef and Linux (the code that runs
+#: against Hyper-V) put them at the low end, and so do we.
+VSM_CAP_DR6_SHARED = 1 << 0
+VSM_CAP_MBEC_VTL_MASK_SHIFT = 1
+#: HvRegisterVsmPartitionStatus: enabled set 0-15, maximum VTL 16-19, MbecEnabledVtlSet 20-35
+VSM_PARTITION_STATUS_MAX_VTL_SHIFT = 16
+VSM_PARTITION_STATUS_MBEC_SHIFT = 20
+#: HvRegisterVsmVpStatus: active VTL 0-3, ActiveMbecEnabled 4, enabled VTL set 16-31
+VSM_VP_STATUS_ACTIVE_MBEC = 1 << 4
+VSM_VP_STATUS_ENABLED_SHIFT = 16
+
+
 class HvVtlEntryReason(IntEnum):
     HvVtlEntryReserved = 0
     HvVtlEntryVtlCall = 1
     HvVtlEntryInterrupt = 2
     HvVtlEntryIntercept = 3
 
+
+#: VTL return control input (TLFS 15.8.1 "VTL Return": bits 63:1 RsvdZ, bit 0 fast return - registers are not
+#: restored from HV_VP_VTL_CONTROL). Callers of the hypercall page pass it in RCX; the page's sequence
+#: moves it to RAX, where the hypervisor reads it (OpenVMM vm/hv1/hv1_emulator/src/hv.rs hypercall_page,
+#: vm/hv1/hv1_hypercall/src/x86.rs vtl_input = RAX for 64-bit callers, imp.rs HvVtlReturn: "input must be
+#: 0 or 1"); Linux arch/x86/hyperv/mshv_vtl_asm.S clears ECX (a normal return) before calling it after
+#: filling vtl_ret_x64rax/rcx. The VTL call control input is all reserved (must be 0).
+HV_VTL_RETURN_INPUT_FAST = 1 << 0
 
 #: VP assist page layout (hvdef HvVpAssistPage): HvVpVtlControl at 0x08
 VP_ASSIST_VTL_CONTROL = 0x08

@@ -58,6 +58,7 @@ REG.update(rip=X.UC_X86_REG_RIP, rflags=X.UC_X86_REG_RFLAGS, cr0=X.UC_X86_REG_CR
 SEG_INDEX = {"es": 0, "cs": 1, "ss": 2, "ds": 3, "fs": 4, "gs": 5}
 #: the table registers follow the six segment caches in CPUX86State (segs[6], ldt, tr, gdt, idt)
 _TABLE_INDEX = {"ldtr": 6, "tr": 7, "gdtr": 8, "idtr": 9}
+_SCE = int(EFER.SCE)
 
 
 @dataclass(frozen=True)
@@ -140,6 +141,9 @@ class Engine:
         self.intercept = 0
         self.in_guest_mode = False
         self._stop_lock = threading.Lock()
+        #: privilege-change traps (``set_privilege_traps``): the guest's real EFER.SCE, SYSENTER_CS and
+        #: TR limit while the engine holds the forced values, else None
+        self._traps: tuple[int, int, int] | None = None
 
     # ------------------------------------------------------------------ private region
     def alloc_page(self) -> int:
@@ -359,21 +363,34 @@ class Engine:
         self.env.pull()
         if name in SEG_INDEX:
             return Segment(*self.env.seg(SEG_INDEX[name]))
-        return Segment(*self.env.seg(_TABLE_INDEX[name]))
+        sel, base, limit, flags = self.env.seg(_TABLE_INDEX[name])
+        if name == "tr" and self._traps is not None:
+            limit = self._traps[2]
+        return Segment(sel, base, limit, flags)
 
     def set_segments(self, segs: dict[str, Segment]) -> None:
         """Load segment registers with their hidden parts; recomputes CPL/CS64 like a far transfer."""
         env = self.env
         env.pull()
         for name, s in segs.items():
+            limit = s.limit
+            if name == "tr" and self._traps is not None:
+                self._traps = (self._traps[0], self._traps[1], limit)
+                limit = 0
             env.set_seg(SEG_INDEX[name] if name in SEG_INDEX else _TABLE_INDEX[name], s.selector, s.base,
-                        s.limit, s.flags)
+                        limit, s.flags)
         env.recompute_seg_hflags()
         env.push()
 
     def cpl(self) -> int:
         self.env.pull()
         return self.env.cpl()
+
+    def cpl_cr4(self) -> tuple[int, int]:
+        """CPL and CR4 from one pull (what VSM's MBEC checks at every exit)."""
+        env = self.env
+        env.pull()
+        return env.cpl(), env.cr(4)
 
     def hflags(self) -> int:
         self.env.pull()
@@ -417,6 +434,8 @@ class Engine:
         code, from one pull (``pull=False``: from the last pull; nothing may have changed since)."""
         if pull:
             self.env.pull()
+        if self._traps is not None:
+            return self.env.snapshot()._replace(tr_limit=self._traps[2])
         return self.env.snapshot()
 
     def rflags(self) -> int:
@@ -462,11 +481,82 @@ class Engine:
         """Read an engine MSR. In guest mode QEMU's RDMSR helper would take the (intercepted)
         #VMEXIT longjmp outside the CPU loop and crash, so leave guest mode around the access."""
         with self._host_mode():
-            return self.uc.msr_read(msr)
+            value = self.uc.msr_read(msr)
+        if self._traps is not None:
+            if msr == MSR.IA32_EFER:
+                value |= self._traps[0]
+            elif msr == MSR.IA32_SYSENTER_CS:
+                value = self._traps[1]
+        return value
 
     def msr_write(self, msr: int, value: int) -> None:
+        if self._traps is not None:
+            if msr == MSR.IA32_EFER:
+                self._traps = (value & _SCE, self._traps[1], self._traps[2])
+                value &= ~_SCE
+            elif msr == MSR.IA32_SYSENTER_CS:
+                self._traps = (self._traps[0], value, self._traps[2])
+                value = 0
         with self._host_mode():
             self.uc.msr_write(msr, value)
+
+    # ------------------------------------------------------------------ FPU/SSE state as one block
+    def fp_state(self) -> bytes:
+        """The x87 registers and control/status/tag words, MXCSR, XMM0-15 with their upper (YMM) lanes
+        and XCR0, as an opaque image (one pull). For VSM, where the TLFS shares this state."""
+        env = self.env
+        env.pull()
+        return bytes(env.mem[ui.ENV_FPSTT:ui.ENV_FP_END]) + bytes(env.mem[ui.ENV_XCR0:ui.ENV_XCR0 + 8])
+
+    def set_fp_state(self, image: bytes) -> None:
+        """Load an image from ``fp_state`` (one pull, one write-back)."""
+        env = self.env
+        env.pull()
+        n = ui.ENV_FP_END - ui.ENV_FPSTT
+        env.mem[ui.ENV_FPSTT:ui.ENV_FP_END] = image[:n]
+        env.mem[ui.ENV_XCR0:ui.ENV_XCR0 + 8] = image[n:n + 8]
+        env.push()
+
+    # ------------------------------------------------------------------ privilege-change traps
+    def set_privilege_traps(self, on: bool) -> None:
+        """Make the engine raise an exception where it would change CPL natively without an exit
+        (used by VSM's MBEC, docs/vsm.md): with the traps on the engine holds EFER.SCE = 0 (SYSRET
+        raises #UD; Unicorn's SYSCALL ignores SCE and the vCPU emulates it), SYSENTER_CS = 0
+        (SYSEXIT raises #GP(0); SYSENTER is emulated) and a TR limit of 0 (a far CALL through a call
+        gate to an inner privilege level raises #TS reading the new stack from the TSS). IRET has
+        its own SVM intercept. ``msr_read``, ``segment`` and ``snapshot`` keep reporting the guest's
+        values, ``msr_write``/``set_segments`` update them. A saved context (``uc.context_save``)
+        holds the forced values: turn the traps off before saving a context that another one
+        replaces."""
+        if on == (self._traps is not None):
+            return
+        if on:
+            efer = self.msr_read(MSR.IA32_EFER)
+            cs = self.msr_read(MSR.IA32_SYSENTER_CS)
+            env = self.env
+            env.pull()
+            sel, base, limit, flags = env.seg(_TABLE_INDEX["tr"])
+            env.set_seg(_TABLE_INDEX["tr"], sel, base, 0, flags)
+            env.push()
+            self._traps = (efer & _SCE, cs, limit)
+            with self._host_mode():
+                self.uc.msr_write(MSR.IA32_EFER, efer & ~_SCE)
+                self.uc.msr_write(MSR.IA32_SYSENTER_CS, 0)
+        else:
+            sce, cs, limit = self._traps
+            self._traps = None
+            with self._host_mode():
+                self.uc.msr_write(MSR.IA32_EFER, self.uc.msr_read(MSR.IA32_EFER) | sce)
+                self.uc.msr_write(MSR.IA32_SYSENTER_CS, cs)
+            env = self.env
+            env.pull()
+            sel, base, _, flags = env.seg(_TABLE_INDEX["tr"])
+            env.set_seg(_TABLE_INDEX["tr"], sel, base, limit, flags)
+            env.push()
+
+    @property
+    def privilege_traps(self) -> bool:
+        return self._traps is not None
 
     def _host_mode(self) -> _HostMode:
         return _HostMode(self)

@@ -44,6 +44,17 @@ ENV_CR0 = 424           # target_ulong cr[5]
 ENV_CR2 = ENV_CR0 + 16
 ENV_CR3 = ENV_CR0 + 24
 ENV_CR4 = ENV_CR0 + 32
+ENV_FPSTT = 604         # FPU state: fpstt, fpus, fpuc, fptags[8], fpregs[8] (16 bytes each) at 624, ...
+ENV_FPUC = 610
+ENV_FPREGS = 624
+ENV_MXCSR = 816
+ENV_XMM = 824           # ZMMReg xmm_regs[32], 64 bytes each (the XMM/YMM registers in their low lanes)
+ZMM_SIZE = 64
+#: end of the FPU/SSE block that holds the architectural x87, MXCSR and XMM0-15 (YMM) state
+ENV_FP_END = ENV_XMM + 16 * ZMM_SIZE
+ENV_LSTAR = 4840
+ENV_TSC_AUX = ENV_LSTAR + 56
+ENV_XCR0 = ENV_TSC_AUX + 8
 ENV_ERROR_CODE = 5384   # int error_code (also SVM exit_info_1)
 ENV_EXCEPTION_IS_INT = 5388
 ENV_EXCEPTION_NEXT_EIP = 5392
@@ -193,7 +204,15 @@ def verify(uc: unicorn.Uc) -> Layout:
             f"{EXPECTED_UNICORN_VERSION} only; install unicorn=={EXPECTED_UNICORN_VERSION}")
     saved = {r: uc.reg_read(r) for r in (X.UC_X86_REG_RAX, X.UC_X86_REG_DR0, X.UC_X86_REG_RIP,
                                          X.UC_X86_REG_CR3, X.UC_X86_REG_R15, X.UC_X86_REG_FS_BASE,
-                                         X.UC_X86_REG_GS_BASE)}
+                                         X.UC_X86_REG_GS_BASE, X.UC_X86_REG_XMM0, X.UC_X86_REG_XMM15,
+                                         X.UC_X86_REG_FPCW)}
+    saved_fp0 = uc.reg_read(X.UC_X86_REG_FP0)
+    saved_tsc_aux = uc.msr_read(0xC0000103)
+    uc.reg_write(X.UC_X86_REG_XMM0, 0x1111222233334444_5555666677778888)
+    uc.reg_write(X.UC_X86_REG_XMM15, 0x99990000AAAABBBB_CCCCDDDDEEEEFFF0)
+    uc.reg_write(X.UC_X86_REG_FP0, (0x0123456789ABCDEF, 0x4321))
+    uc.reg_write(X.UC_X86_REG_FPCW, 0x0A5B)
+    uc.msr_write(0xC0000103, 0x7A5C0DE)
     uc.reg_write(X.UC_X86_REG_FS_BASE, 0x0000776655443320)
     uc.reg_write(X.UC_X86_REG_GS_BASE, 0x0000112233445560)
     uc.reg_write(X.UC_X86_REG_RAX, 0x1122334455667788)
@@ -214,13 +233,21 @@ def verify(uc: unicorn.Uc) -> Layout:
             "dr[0]": (ENV_DR0, 0x8877665544332211),
             "segs[FS].base": (ENV_SEGS + 4 * SEG_SIZE + 8, 0x0000776655443320),
             "segs[GS].base": (ENV_SEGS + 5 * SEG_SIZE + 8, 0x0000112233445560),
+            "xmm_regs[0]": (ENV_XMM, 0x5555666677778888),
+            "xmm_regs[15]": (ENV_XMM + 15 * ZMM_SIZE + 8, 0x99990000AAAABBBB),
+            "fpregs[0]": (ENV_FPREGS, 0x0123456789ABCDEF),
+            "tsc_aux": (ENV_TSC_AUX, 0x7A5C0DE),
         }
         for name, (off, val) in checks.items():
             got = struct.unpack_from("<Q", raw, header + off)[0]
             if got != val:
                 problems.append(f"{name} not at offset {off}")
+        if struct.unpack_from("<H", raw, header + ENV_FPUC)[0] != 0x0A5B:
+            problems.append(f"fpuc not at offset {ENV_FPUC}")
     for r, v in saved.items():
         uc.reg_write(r, v)
+    uc.reg_write(X.UC_X86_REG_FP0, saved_fp0)
+    uc.msr_write(0xC0000103, saved_tsc_aux)
     if problems:
         raise EngineMismatch("unexpected Unicorn build (CPU state layout differs: "
                              + "; ".join(problems) + "); vtlvisor refuses to run")

@@ -18,26 +18,33 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..abi.domains import (
+    CALL_ARGS,
     EBADF,
+    EBUSY,
     EINVAL,
     ENOMEM,
     EPERM,
     KVM_FEATURE_VTLVISOR_DOMAINS,
     MAX_CAPS_PER_DOMAIN,
     MAX_DOMAINS,
+    RETURN_REGS,
+    WRITABLE_REGS,
     CapRights,
     CapType,
+    DeleteFlags,
+    DomainEntry,
     DomainEvent,
     DomainHypercall,
     DomainReg,
     InterceptAction,
     InterceptKind,
+    MemAccess,
 )
 from ..abi.kvm_pv import CR0_PINNABLE, CR4_PINNABLE
 from ..errors import ConfigError
-from ..x86.arch import Vector, canonical
+from ..x86.arch import MSR, Vector, canonical
 from ..x86.events import Event, EventKind
-from ..x86.svm import SvmExit
+from ..x86.svm import SvmExit, intercept_bit
 from . import contexts
 from .crpin import PinError
 from .msrs import GuestGP, InterceptPending, MsrState
@@ -52,8 +59,18 @@ MASK64 = (1 << 64) - 1
 ALL_RWX = CapRights.R | CapRights.W | CapRights.X
 _REG_NAMES = {DomainReg.RIP: "rip", DomainReg.RSP: "rsp", DomainReg.RFLAGS: "rflags", DomainReg.RAX: "rax",
               DomainReg.CR0: "cr0", DomainReg.CR3: "cr3", DomainReg.CR4: "cr4"}
-#: registers a DOMAIN_CALL passes to the callee (the hypercall's own RAX/RBX/RCX/RDX/RSI are not)
-CALL_ARGS = ("rdi", "r8", "r9", "r10")
+#: read-only named registers: MSRs (read without intercepts) and descriptor-table bases
+_REG_MSRS = {DomainReg.EFER: MSR.IA32_EFER, DomainReg.STAR: MSR.IA32_STAR, DomainReg.LSTAR: MSR.IA32_LSTAR,
+             DomainReg.CSTAR: MSR.IA32_CSTAR, DomainReg.SFMASK: MSR.IA32_FMASK,
+             DomainReg.SYSENTER_CS: MSR.IA32_SYSENTER_CS, DomainReg.SYSENTER_ESP: MSR.IA32_SYSENTER_ESP,
+             DomainReg.SYSENTER_EIP: MSR.IA32_SYSENTER_EIP}
+_REG_TABLES = {DomainReg.GDTR_BASE: "gdtr", DomainReg.IDTR_BASE: "idtr"}
+#: descriptor-table write exits -> (table index, bit in a DTR intercept's param1, name)
+_DT_WRITES = {SvmExit.GDTR_WRITE: (0, "GDTR"), SvmExit.IDTR_WRITE: (1, "IDTR"), SvmExit.LDTR_WRITE: (2, "LDTR"),
+              SvmExit.TR_WRITE: (3, "TR")}
+_ERRNO = {EPERM: "EPERM", EBADF: "EBADF", EBUSY: "EBUSY", ENOMEM: "ENOMEM", EINVAL: "EINVAL"}
+#: a domain's own name: it may hand it out (attenuated), and let others read its registers
+SELF_RIGHTS = int(CapRights.DELEGATE | CapRights.REGS_READ)
 
 
 @dataclass
@@ -85,6 +102,8 @@ class Domain:
     intercepted_by: dict[tuple[int, int], int] = field(default_factory=dict)
     #: EVENT_INJECT events waiting for this domain to run
     pending: list[Event] = field(default_factory=list)
+    #: gpn -> domain that set its protection last (named in violation evidence)
+    grantors: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -97,6 +116,9 @@ class PendingIntercept:
     cr: int = -1
     value: int = 0
     msr: int = 0
+    exit_code: int = 0        # DTR_WRITE: the SVM exit, to complete the instruction natively
+    access: int = 0           # MEM_VIOLATION: MemAccess
+    text: str = ""            # what happened, for the evidence of the decision
 
 
 @dataclass
@@ -112,7 +134,7 @@ class Policy:
     def default(cls, ram: int) -> Policy:
         return cls(memory=[(0, ram, int(ALL_RWX | CapRights.IMMUTABLE | CapRights.DELEGATE))],
                    intercepts=[(InterceptKind.CR0, MASK64), (InterceptKind.CR4, MASK64),
-                               (InterceptKind.MSR, 0xFFFFFFFF), (InterceptKind.DTR, 0xF)],
+                               (InterceptKind.MSR, 0xFFFFFFFF), (InterceptKind.DTR, 0xF), (InterceptKind.MEM, 0x7)],
                    pins=[(0, CR0_PINNABLE), (4, CR4_PINNABLE)])
 
     @classmethod
@@ -152,12 +174,14 @@ class Policy:
                 rights |= bit
             pol.memory.append((start, end, int(rights)))
         kinds = {"cr0": InterceptKind.CR0, "cr4": InterceptKind.CR4, "msr": InterceptKind.MSR,
-                 "dtr": InterceptKind.DTR}
+                 "dtr": InterceptKind.DTR, "mem": InterceptKind.MEM}
         for i, it in enumerate(init.get("intercepts", [])):
             where = f"policy '{path}': initial.intercepts[{i}]"
             if not isinstance(it, dict) or it.get("kind") not in kinds:
                 raise ConfigError(f"{where}: kind must be one of {', '.join(kinds)}")
-            param = it.get("mask", it.get("msr", it.get("tables", MASK64)))
+            if set(it) - {"kind", "mask", "msr", "tables", "access"}:
+                raise ConfigError(f"{where}: keys are kind and one of mask, msr, tables, access")
+            param = it.get("mask", it.get("msr", it.get("tables", it.get("access", MASK64))))
             if not isinstance(param, int) or param < 0:
                 raise ConfigError(f"{where}: mask/msr/tables must be a non-negative integer")
             pol.intercepts.append((kinds[it["kind"]], param))
@@ -173,9 +197,10 @@ class Policy:
 
 
 class HcError(Exception):
-    def __init__(self, errno: int) -> None:
+    def __init__(self, errno: int, why: str = "") -> None:
         super().__init__(errno)
         self.errno = errno
+        self.why = why
 
 
 class Domains:
@@ -191,15 +216,19 @@ class Domains:
         self.call_stack: list[tuple[int, PendingIntercept | None]] = []
         self.pending: PendingIntercept | None = None
         pol = policy or Policy.default(partition.memory.size)
-        self._new_cap(0, CapType.DOMAIN, int(CapRights.DELEGATE), target=0)   # names itself; may hand the name out
+        self._new_cap(0, CapType.DOMAIN, SELF_RIGHTS, target=0)   # names itself; may hand the name out
         for start, end, rights in pol.memory:
             self._new_cap(0, CapType.MEMORY, rights, param0=start, param1=end)
         if pol.create:
             self._new_cap(0, CapType.CREATE, int(CapRights.DELEGATE))
         for kind, param in pol.intercepts:
-            self._new_cap(0, CapType.INTERCEPT, int(CapRights.DELEGATE), param0=kind, param1=param)
+            if kind != InterceptKind.MEM:
+                self._new_cap(0, CapType.INTERCEPT, int(CapRights.DELEGATE), param0=kind, param1=param)
         for cr, bits in pol.pins:
             self._new_cap(0, CapType.PIN, int(CapRights.DELEGATE), param0=cr, param1=bits)
+        for kind, param in pol.intercepts:      # memory-violation intercepts last (slot 9 by default)
+            if kind == InterceptKind.MEM:
+                self._new_cap(0, CapType.INTERCEPT, int(CapRights.DELEGATE), param0=kind, param1=param)
         kvm = partition.kvm
         kvm.extra_features |= 1 << KVM_FEATURE_VTLVISOR_DOMAINS
         for nr, fn in ((DomainHypercall.DOMAIN_CREATE, self.hc_create),
@@ -220,6 +249,9 @@ class Domains:
         self.vcpu.hooks.cr_write_filters.insert(0, self.cr_write_filter)
         self.vcpu.msrs.write_filters.insert(0, self.msr_write_filter)
         self.vcpu.hooks.intercept_filters.append(self.intercept_filter)
+        if partition.vsm is None:
+            # external interrupts belong to the boot domain (the feature domains have no handlers for them)
+            self.vcpu.hooks.interrupts_allowed = lambda: self.current == 0
 
     # ================================================================== capabilities
     def _new_cap(self, owner: int, type_: CapType, rights: int, *, target: int = -1, param0: int = 0,
@@ -245,12 +277,13 @@ class Domains:
         d = self.domains[self.current]
         slot, gen = handle & 0xFFFF, (handle >> 16) & 0xFFFF
         if handle >> 32 or slot >= len(d.slots) or d.slots[slot] is None or d.gens[slot] != gen:
-            raise HcError(EBADF)
+            raise HcError(EBADF, f"handle {handle:#x} names no capability in domain {self.current}'s table")
         cap = self.caps[d.slots[slot]]
         if type_ is not None and cap.type != type_:
-            raise HcError(EBADF)
+            raise HcError(EBADF, f"handle {handle:#x} is a {cap.type.name} capability, not {type_.name}")
         if need & ~cap.rights:
-            raise HcError(EPERM)
+            raise HcError(EPERM, f"{cap.type.name} capability {handle:#x} lacks "
+                                 f"{CapRights(need & ~cap.rights)!r}")
         return cap
 
     def _destroy(self, cap_id: int) -> None:
@@ -266,20 +299,35 @@ class Domains:
         if cap.parent is not None and cap.parent in self.caps:
             self.caps[cap.parent].children.remove(cap_id)
         if cap.type == CapType.INTERCEPT:
-            for dom in self.domains.values():
-                for k, h in list(dom.intercepted_by.items()):
-                    if h == cap.owner and k[0] == cap.param0:
-                        del dom.intercepted_by[k]
+            key = (cap.param0, cap.param1)
+            if not any(c.type == CapType.INTERCEPT and (c.param0, c.param1) == key for c in self.holds(cap.owner,
+                                                                                                        CapType.INTERCEPT)):
+                for dom in self.domains.values():
+                    if dom.intercepted_by.get(key) == cap.owner:
+                        del dom.intercepted_by[key]
 
     def holds(self, domain: int, type_: CapType) -> list[Cap]:
-        return [self.caps[c] for c in self.domains[domain].slots if c is not None and self.caps[c].type == type_]
+        d = self.domains.get(domain)
+        if d is None:
+            return []
+        return [self.caps[c] for c in d.slots if c is not None and c in self.caps and self.caps[c].type == type_]
 
     # ================================================================== hypercall plumbing
     def _wrap(self, fn):
+        name = fn.__name__.removeprefix("hc_").upper() if hasattr(fn, "__name__") else "?"
+        name = {"CREATE": "DOMAIN_CREATE", "DELEGATE": "CAP_DELEGATE", "REVOKE": "CAP_REVOKE", "DELETE": "CAP_DELETE",
+                "QUERY": "CAP_QUERY", "INJECT": "EVENT_INJECT", "PIN": "CR_PIN", "CALL": "DOMAIN_CALL",
+                "RETURN": "DOMAIN_RETURN", "<LAMBDA>": "DOMAIN_SELF"}.get(name, name)
+
         def handler(vcpu: Vcpu, a0: int, a1: int, a2: int, a3: int) -> int:
             try:
                 ret = fn(vcpu, a0, a1, a2, a3)
             except HcError as e:
+                # the hypervisor's own account of a refusal (hv/evidence.py): who asked, what, and why
+                vcpu.security_event("refused_domain_call",
+                                    f"domain {self.current}: {name}({a0:#x}, {a1:#x}, {a2:#x}, {a3:#x}) -> "
+                                    f"-{_ERRNO.get(e.errno, e.errno)}" + (f" ({e.why})" if e.why else ""),
+                                    domain=self.current, call=name, errno=e.errno)
                 return -e.errno
             if vcpu.hooks.trace:
                 vcpu.hooks.trace("domain_hypercall", {"nr": fn.__name__, "domain": self.current})
@@ -289,13 +337,13 @@ class Domains:
     def _domain_cap(self, handle: int, need: int = 0) -> Cap:
         cap = self.lookup(handle, CapType.DOMAIN, need)
         if cap.target not in self.domains:
-            raise HcError(EBADF)
+            raise HcError(EBADF, f"domain {cap.target} no longer exists")
         return cap
 
     # ================================================================== hypercalls
     def hc_create(self, vcpu: Vcpu, rip: int, rsp: int, a2: int, a3: int) -> int:
         if not self.holds(self.current, CapType.CREATE):
-            raise HcError(EPERM)
+            raise HcError(EPERM, "no CREATE capability")
         if len(self.domains) >= MAX_DOMAINS or not canonical(rip) or not canonical(rsp):
             raise HcError(EINVAL if len(self.domains) < MAX_DOMAINS else ENOMEM)
         try:
@@ -312,7 +360,7 @@ class Domains:
         dom.ctx = eng.uc.context_save()
         eng.uc.context_restore(saved)
         self.domains[new_id] = dom
-        self._new_cap(new_id, CapType.DOMAIN, int(CapRights.DELEGATE), target=new_id)
+        self._new_cap(new_id, CapType.DOMAIN, SELF_RIGHTS, target=new_id)
         if vcpu.hooks.trace:
             vcpu.hooks.trace("domain_create", {"id": new_id, "rip": rip})
         return self._new_cap(self.current, CapType.DOMAIN,
@@ -323,15 +371,23 @@ class Domains:
         cap = self.lookup(handle, need=CapRights.DELEGATE)
         to = self._domain_cap(recipient).target
         if rights & ~cap.rights:
-            raise HcError(EPERM)                       # attenuation only
+            raise HcError(EPERM, f"rights {rights:#x} exceed the capability's {cap.rights:#x}")   # attenuation only
         p0, p1 = cap.param0, cap.param1
         if narrow_gpa:
-            if cap.type != CapType.MEMORY or narrow_gpa % 8 or not self.p.memory.contains(narrow_gpa, 16):
+            if cap.type not in (CapType.MEMORY, CapType.INTERCEPT) or narrow_gpa % 8 \
+                    or not self.p.memory.contains(narrow_gpa, 16):
                 raise HcError(EINVAL)
             n0, n1 = self.p.memory.read_u64(narrow_gpa), self.p.memory.read_u64(narrow_gpa + 8)
-            if n0 % 4096 or n1 % 4096 or not p0 <= n0 < n1 <= p1:
-                raise HcError(EINVAL)
-            p0, p1 = n0, n1
+            if cap.type == CapType.MEMORY:
+                if n0 % 4096 or n1 % 4096 or not p0 <= n0 < n1 <= p1:
+                    raise HcError(EINVAL, "the narrowed range must be page-aligned and inside the capability's")
+                p0, p1 = n0, n1
+            else:
+                # an intercept narrows to a subset: CR/descriptor-table/access bits, or one MSR of "any"
+                ok = (n0 == p1 or p1 == 0xFFFFFFFF) if p0 == InterceptKind.MSR else (n0 and not n0 & ~p1)
+                if not ok:
+                    raise HcError(EINVAL, f"intercept parameter {n0:#x} is not a subset of {p1:#x}")
+                p1 = n0
         return self._new_cap(to, cap.type, rights, target=cap.target, param0=p0, param1=p1, parent=cap.id)
 
     def hc_revoke(self, vcpu: Vcpu, handle: int, *_: int) -> int:
@@ -341,8 +397,19 @@ class Domains:
                 self._destroy(child)
         return 0
 
-    def hc_delete(self, vcpu: Vcpu, handle: int, *_: int) -> int:
+    def hc_delete(self, vcpu: Vcpu, handle: int, flags: int, *_: int) -> int:
+        if flags & ~int(DeleteFlags.KEEP_DERIVED):
+            raise HcError(EINVAL)
         cap = self.lookup(handle)
+        if flags & DeleteFlags.KEEP_DERIVED:
+            # the derived capabilities survive: re-attached to this one's parent (roots if it had none)
+            parent = self.caps.get(cap.parent) if cap.parent is not None else None
+            for child in cap.children:
+                if child in self.caps:
+                    self.caps[child].parent = cap.parent
+                    if parent is not None:
+                        parent.children.append(child)
+            cap.children = []
         self._destroy(cap.id)
         return 0
 
@@ -359,34 +426,74 @@ class Domains:
         cap = self.lookup(handle, CapType.MEMORY)
         target = self.domains[self._domain_cap(target_handle).target]
         if perms & ~cap.rights or (immutable and not cap.rights & CapRights.IMMUTABLE):
-            raise HcError(EPERM)
+            raise HcError(EPERM, f"permissions {perms:#x}{' immutable' if immutable else ''} exceed the MEMORY "
+                                 f"capability's rights {cap.rights:#x}")
         if gpa % 4096 or pages == 0 or pages > (1 << 20):
             raise HcError(EINVAL)
         end = gpa + pages * 4096
         if not cap.param0 <= gpa < end <= cap.param1:
-            raise HcError(EPERM)                         # outside the range this capability covers
+            # outside the range this capability covers
+            raise HcError(EPERM, f"{gpa:#x}-{end - 1:#x} is outside the capability's range "
+                                 f"{cap.param0:#x}-{cap.param1 - 1:#x}")
         if perms and not perms & CapRights.R:
             raise HcError(EINVAL)                        # W or X needs R
         gpns = range(gpa >> 12, end >> 12)
-        if any(target.protections.get(g, (0, False))[1] for g in gpns):
-            raise HcError(EPERM)                         # a one-way grant cannot be changed
+        prot = target.protections
+        fixed = next((g for g in gpns if prot.get(g, (0, False))[1]), None)
+        if fixed is not None:
+            # a one-way grant cannot be changed
+            raise HcError(EPERM, f"page {fixed << 12:#x} of domain {target.id} has an immutable grant")
+        # Unicorn's nested walk crashes the process when a guest page-table access faults in the NPT
+        # (docs/vsm.md): the target's current page-table pages keep full access, their grant recorded
+        keep = self._page_table_pages(target.id)
+        entry = _npt_entry(0, perms)
+        full = _npt_entry(0, int(ALL_RWX))
+        npt = target.npt
         for g in gpns:
-            target.protections[g] = (perms, immutable)
-            target.npt.set(g << 12, _npt_entry(g << 12, perms))
+            prot[g] = (perms, immutable)
+            target.grantors[g] = self.current
+            e = full if g in keep else entry
+            npt.set(g << 12, (g << 12) | e if e else 0)
         self.engine.flush_tlb()
         self.engine.flush_tb()
         return 0
+
+    def _page_table_pages(self, domain: int, limit: int = 4096) -> set[int]:
+        """GPNs of ``domain``'s current 4-level page-table hierarchy (bounded), as VSM keeps them."""
+        with self.viewing(domain):
+            cr3 = self.vcpu.reg("cr3")
+            paging = self.vcpu.reg("cr0") >> 31 & 1
+        if not paging:
+            return set()
+        mem = self.p.memory
+        out: set[int] = set()
+        level = [cr3 & 0x000FFFFFFFFFF000]
+        for depth in range(4):
+            nxt = []
+            for table in level:
+                if not mem.contains(table, 4096) or len(out) >= limit or table >> 12 in out:
+                    continue
+                out.add(table >> 12)
+                if depth == 3:
+                    continue
+                raw = memoryview(mem.read(table, 4096)).cast("Q")
+                for e in raw:
+                    if e & 1 and not (depth > 0 and e & 0x80):
+                        nxt.append(e & 0x000FFFFFFFFFF000)
+            level = nxt
+        return out
 
     def hc_intercept_set(self, vcpu: Vcpu, handle: int, source_handle: int, on: int, a3: int) -> int:
         cap = self.lookup(handle, CapType.INTERCEPT)
         source = self.domains[self._domain_cap(source_handle).target]
         if source.id == self.current:
-            raise HcError(EINVAL)
+            raise HcError(EINVAL, "a domain cannot intercept itself")
         key = (cap.param0, cap.param1)
         if on:
             holder = source.intercepted_by.get(key)
             if holder is not None and holder != self.current:
-                raise HcError(EPERM)                     # someone else already holds this intercept
+                # someone else already holds this intercept
+                raise HcError(EPERM, f"domain {holder} already intercepts this in domain {source.id}")
             source.intercepted_by[key] = self.current
         elif source.intercepted_by.get(key) == self.current:
             del source.intercepted_by[key]
@@ -394,17 +501,30 @@ class Domains:
 
     def hc_regs_get(self, vcpu: Vcpu, handle: int, reg: int, a2: int, a3: int) -> int:
         cap = self._domain_cap(handle, CapRights.REGS_READ)
-        if reg not in _REG_NAMES:
+        if reg not in _REG_NAMES and reg not in _REG_MSRS and reg not in _REG_TABLES:
             raise HcError(EINVAL)
         with self.viewing(cap.target):
-            value = vcpu.reg(_REG_NAMES[DomainReg(reg)])
+            if reg in _REG_NAMES:
+                value = vcpu.reg(_REG_NAMES[DomainReg(reg)])
+            elif reg in _REG_TABLES:
+                value = vcpu.segment(_REG_TABLES[DomainReg(reg)]).base
+            else:
+                vcpu._vsm_bypass = True
+                try:
+                    value = vcpu.msrs.read(vcpu, _REG_MSRS[DomainReg(reg)])
+                finally:
+                    vcpu._vsm_bypass = False
         vcpu.set_reg("rbx", value)
         return 0
 
     def hc_regs_set(self, vcpu: Vcpu, handle: int, reg: int, value: int, a3: int) -> int:
         cap = self._domain_cap(handle, CapRights.REGS_WRITE)
-        if reg not in _REG_NAMES:
-            raise HcError(EINVAL)
+        if reg not in WRITABLE_REGS:
+            raise HcError(EINVAL, f"register {reg} cannot be written")
+        if cap.target == self.current:
+            # a domain changes its own registers with instructions, which are subject to intercepts
+            # (VSM's SetVpRegisters on one's own VTL skips them: docs/guest.md, vtlvisor caveat 4)
+            raise HcError(EINVAL, "REGS_SET on the calling domain itself")
         name = _REG_NAMES[DomainReg(reg)]
         with self.viewing(cap.target):
             if name in ("cr0", "cr4"):
@@ -435,7 +555,7 @@ class Domains:
     def hc_pin(self, vcpu: Vcpu, handle: int, cr: int, bits: int, a3: int) -> int:
         cap = self.lookup(handle, CapType.PIN)
         if cr != cap.param0 or bits & ~cap.param1:
-            raise HcError(EPERM)
+            raise HcError(EPERM, f"CR{cr} bits {bits:#x} are not pinnable with this capability")
         if bits & ~vcpu.reg(f"cr{cr}"):
             raise HcError(EINVAL)                        # only bits that are set can be pinned high
         low, high = self.p.crpin.pinned(cr)
@@ -449,6 +569,8 @@ class Domains:
         cap = self._domain_cap(handle, CapRights.CALL)
         if cap.target == self.current or len(self.call_stack) >= MAX_DOMAINS:
             raise HcError(EINVAL)
+        if any(c == cap.target for c, _ in self.call_stack):
+            raise HcError(EBUSY, f"domain {cap.target} is waiting for a call to return")   # no re-entry
         target = cap.target
         vcpu.request_outer(lambda: self._enter(target, CALL_ARGS, None))
         return 0
@@ -461,7 +583,8 @@ class Domains:
         caller, intercept = self.call_stack[-1]
         if intercept is not None and action not in (0, 1, 2):
             raise HcError(EINVAL)
-        vcpu.request_outer(lambda: self._leave(action, ret0, ret1))
+        back = {} if intercept is not None else {r: vcpu.reg(r) for r in RETURN_REGS}
+        vcpu.request_outer(lambda: self._leave(action, ret0, ret1, back))
         return 0
 
     # ================================================================== switching
@@ -470,7 +593,7 @@ class Domains:
         vals = [eng.reg(r) for r in copy]
         contexts.save(self.vcpu, self.domains[self.current])
         t = self.domains[target]
-        contexts.install(self.vcpu, t, t.npt.root, self.p.base_intercept)
+        contexts.install(self.vcpu, t, t.npt.root, self._intercepts_for(t))
         for r, v in zip(copy, vals, strict=True):
             eng.set_reg(r, v)
         prev, self.current = self.current, target
@@ -482,44 +605,104 @@ class Domains:
     def _enter(self, target: int, copy: tuple[str, ...], intercept: PendingIntercept | None) -> None:
         self.call_stack.append((self.current, intercept))
         self._swap(target, copy)
+        self.engine.set_reg("rax", int(DomainEntry.CALL if intercept is None else DomainEntry.INTERCEPT))
 
-    def _leave(self, action: int, ret0: int = 0, ret1: int = 0) -> None:
+    def _leave(self, action: int, ret0: int = 0, ret1: int = 0, back: dict[str, int] | None = None) -> None:
         caller, intercept = self.call_stack.pop()
+        handler = self.current
         self._swap(caller, ())
         if intercept is None:
             self.engine.set_reg("rax", ret0)
             self.engine.set_reg("rdx", ret1)
+            for r, val in (back or {}).items():
+                self.engine.set_reg(r, val)
             return
         v = self.vcpu
+        if intercept.kind == DomainEvent.MEM_VIOLATION and (action == InterceptAction.COMPLETE or (
+                action == InterceptAction.SKIP and intercept.access == MemAccess.EXECUTE)):
+            action = InterceptAction.INJECT_GP             # an access outside the view cannot be granted
         if action == InterceptAction.SKIP:
-            self.engine.rip = (intercept.rip + intercept.length) & MASK64
-        elif action == InterceptAction.INJECT_GP:
+            length = intercept.length
+            if intercept.kind == DomainEvent.MEM_VIOLATION:
+                try:
+                    length = v.fetch_insn().len
+                except Exception:   # noqa: BLE001 - cannot decode: fall back to the #GP
+                    action, length = InterceptAction.INJECT_GP, 0
+            if action == InterceptAction.SKIP:
+                self.engine.rip = (intercept.rip + length) & MASK64
+                v.security_event("skip", f"domain {handler} skipped domain {caller}'s {intercept.text}",
+                                 domain=caller, by=handler)
+                return
+        if action == InterceptAction.INJECT_GP:
             v.queue_event(Event(Vector.GP, EventKind.EXCEPTION, 0))
-        else:
-            v._vsm_bypass = True
-            try:
-                if intercept.kind == DomainEvent.CR_WRITE:
-                    v.write_cr(intercept.cr, intercept.value)
-                elif intercept.kind == DomainEvent.MSR_WRITE:
-                    v.msrs.write(v, intercept.msr, intercept.value)
-                self.engine.rip = (intercept.rip + intercept.length) & MASK64
-            except GuestGP:
-                v.queue_event(Event(Vector.GP, EventKind.EXCEPTION, 0))
-            finally:
-                v._vsm_bypass = False
+            v.security_event("inject", f"domain {handler} refused domain {caller}'s {intercept.text}: #GP(0) "
+                             f"injected at RIP {intercept.rip:#x}", domain=caller, by=handler)
+            return
+        if intercept.kind == DomainEvent.DTR_WRITE:
+            self._complete_natively(intercept.exit_code)
+            return
+        v._vsm_bypass = True
+        try:
+            if intercept.kind == DomainEvent.CR_WRITE:
+                v.write_cr(intercept.cr, intercept.value)
+            elif intercept.kind == DomainEvent.MSR_WRITE:
+                v.msrs.write(v, intercept.msr, intercept.value)
+            self.engine.rip = (intercept.rip + intercept.length) & MASK64
+        except GuestGP:
+            v.queue_event(Event(Vector.GP, EventKind.EXCEPTION, 0))
+        finally:
+            v._vsm_bypass = False
+
+    def _complete_natively(self, code: int) -> None:
+        """Let an intercepted descriptor-table load complete: run it once with its exit disabled."""
+        eng = self.engine
+        eng.set_intercept(code, False)
+        try:
+            err = eng.run(count=1)
+            if err:
+                self.vcpu._engine_error(err)
+        finally:
+            eng.set_intercept(code, True)
+
+    def _intercepts_for(self, dom: Domain) -> int:
+        """SVM intercepts while ``dom`` runs: the core set, plus descriptor-table writes when someone
+        intercepts them (they are enabled in the engine only then)."""
+        value = self.p.base_intercept
+        if any(k == InterceptKind.DTR for k, _ in dom.intercepted_by):
+            for code in _DT_WRITES:
+                value |= intercept_bit(code)
+        return value
 
     def viewing(self, domain: int):
         return contexts.viewing(self.vcpu, self.domains[domain], domain == self.current)
 
     # ================================================================== intercepts and violations
-    def _intercept(self, pi: PendingIntercept) -> None:
-        regs = {"rdi": int(pi.kind), "rsi": pi.value if pi.kind != DomainEvent.MSR_WRITE else pi.msr,
-                "rdx": pi.source, "r8": pi.rip, "r9": pi.value}
+    def _handler(self, kind: InterceptKind, match) -> int | None:
+        """The domain that intercepts ``kind`` events of the running domain (``match(param1)``), or None."""
+        for (k, param), handler in self.domains[self.current].intercepted_by.items():
+            if k == kind and match(param):
+                return handler
+        return None
+
+    def _available(self, handler: int) -> bool:
+        """A handler can take an event unless it is the running domain or waiting on the call stack."""
+        return handler in self.domains and handler != self.current and all(c != handler for c, _ in self.call_stack)
+
+    def _intercept(self, pi: PendingIntercept, regs: dict[str, int] | None = None) -> None:
+        if not self._available(pi.handler):
+            # fail closed: nobody can decide, so the event is refused
+            self.vcpu.security_event("inject", f"domain {pi.source}'s {pi.text}: handler domain {pi.handler} "
+                                     "cannot run now -> #GP(0)", domain=pi.source)
+            raise GuestGP(0, "domain intercept handler unavailable")
+        regs = regs or {"rdi": int(pi.kind), "rsi": pi.value if pi.kind != DomainEvent.MSR_WRITE else pi.msr,
+                        "rdx": pi.source, "r8": pi.rip, "r9": pi.value}
 
         def go() -> None:
             self._enter(pi.handler, (), pi)
             for r, val in regs.items():
                 self.engine.set_reg(r, val)
+        self.vcpu.security_event("intercept", f"domain {pi.source}: {pi.text} at RIP {pi.rip:#x} -> "
+                                 f"domain {pi.handler}", domain=pi.source, to=pi.handler, event=pi.kind.name)
         if self.vcpu.hooks.trace:
             self.vcpu.hooks.trace("domain_intercept", {"kind": pi.kind.name, "from": pi.source, "to": pi.handler})
         self.vcpu.request_outer(go)
@@ -529,29 +712,74 @@ class Domains:
         if vcpu._vsm_bypass:
             return False
         kind = InterceptKind.CR0 if cr == 0 else InterceptKind.CR4 if cr == 4 else None
-        for (k, mask), handler in self.domains[self.current].intercepted_by.items():
-            if k == kind and (old ^ new) & mask:
-                self._intercept(PendingIntercept(self.current, handler, vcpu.engine.rip, vcpu.fetch_insn().len,
-                                                 DomainEvent.CR_WRITE, cr=cr, value=new))
+        handler = self._handler(kind, lambda mask: (old ^ new) & mask)
+        if handler is not None:
+            rip = vcpu.engine.rip
+            self._intercept(PendingIntercept(self.current, handler, rip, vcpu.fetch_insn().len,
+                                             DomainEvent.CR_WRITE, cr=cr, value=new,
+                                             text=f"CR{cr} write {old:#x}->{new:#x}"),
+                            {"rdi": int(DomainEvent.CR_WRITE), "rsi": new, "rdx": self.current, "r8": rip,
+                             "r9": new, "r10": cr})
         return False
 
     def msr_write_filter(self, vcpu: Vcpu, msr: int, value: int) -> bool:
         if vcpu._vsm_bypass:
             return False
-        for (k, which), handler in self.domains[self.current].intercepted_by.items():
-            if k == InterceptKind.MSR and which in (msr, 0xFFFFFFFF):
-                self._intercept(PendingIntercept(self.current, handler, vcpu.engine.rip, 2,
-                                                 DomainEvent.MSR_WRITE, value=value, msr=msr))
+        handler = self._handler(InterceptKind.MSR, lambda which: which in (msr, 0xFFFFFFFF))
+        if handler is not None:
+            self._intercept(PendingIntercept(self.current, handler, vcpu.engine.rip, 2, DomainEvent.MSR_WRITE,
+                                             value=value, msr=msr, text=f"wrmsr {msr:#x} <- {value:#x}"))
         return False
 
     def intercept_filter(self, vcpu: Vcpu, code: int) -> bool:
+        if code in _DT_WRITES:
+            table, name = _DT_WRITES[code]
+            handler = self._handler(InterceptKind.DTR, lambda tables: tables >> table & 1)
+            if handler is None:
+                return False
+            base, limit = self._dt_operand(vcpu, code)
+            what = f"{name} write (base {base:#x})" if table < 2 else f"{name} write (selector {base:#x})"
+            self._intercept(PendingIntercept(self.current, handler, vcpu.engine.rip, 0, DomainEvent.DTR_WRITE,
+                                             value=base, exit_code=code, text=what),
+                            {"rdi": int(DomainEvent.DTR_WRITE), "rsi": table, "rdx": self.current,
+                             "r8": vcpu.engine.rip, "r9": base, "r10": limit})
         if code == SvmExit.NPF:
             gpa = self.engine.exit_info_2()
-            if self.p.memory.contains(gpa, 1):
-                if vcpu.hooks.trace:
-                    vcpu.hooks.trace("domain_violation", {"domain": self.current, "gpa": gpa})
-                raise GuestGP(0, f"domain {self.current}: access to {gpa:#x} outside its view")
+            if not self.p.memory.contains(gpa, 1):
+                return False                                  # not RAM: the core reports it
+            info = self.engine.exit_info_1()
+            access = MemAccess.EXECUTE if info & 0x10 else MemAccess.WRITE if info & 0x2 else MemAccess.READ
+            rip = self.engine.rip
+            dom = self.domains[self.current]
+            grantor = dom.grantors.get(gpa >> 12)
+            what = (f"{access.name.lower()} of GPA {gpa:#x} outside its view"
+                    + (f" (protected by domain {grantor})" if grantor is not None else ""))
+            if vcpu.hooks.trace:
+                vcpu.hooks.trace("domain_violation", {"domain": self.current, "gpa": gpa, "access": access.name})
+            handler = self._handler(InterceptKind.MEM, lambda mask: mask >> access & 1)
+            if handler is not None and self._available(handler):
+                self._intercept(PendingIntercept(self.current, handler, rip, 0, DomainEvent.MEM_VIOLATION,
+                                                 value=gpa, access=access, text=what),
+                                {"rdi": int(DomainEvent.MEM_VIOLATION), "rsi": gpa, "rdx": self.current,
+                                 "r8": rip, "r9": int(access), "r10": MASK64 if grantor is None else grantor})
+            vcpu.security_event("gpa_violation", f"domain {self.current}: {what} at RIP {rip:#x} -> #GP(0)",
+                                domain=self.current, gpa=gpa)
+            raise GuestGP(0, f"domain {self.current}: access to {gpa:#x} outside its view")
         return False
+
+    @staticmethod
+    def _dt_operand(vcpu: Vcpu, code: int) -> tuple[int, int]:
+        """(base, limit) LGDT/LIDT is about to load, or (selector, 0) for LLDT/LTR."""
+        from ..x86 import decode as dec
+        ins = vcpu.fetch_insn()
+        if code in (SvmExit.GDTR_WRITE, SvmExit.IDTR_WRITE):
+            size = 10 if vcpu.engine.code64() else 6
+            raw = vcpu._read_mem_operand(ins, size).to_bytes(size, "little")
+            return int.from_bytes(raw[2:], "little"), int.from_bytes(raw[:2], "little")
+        if ins.op0_kind == dec.OpKind.REGISTER:
+            g = dec.gpr_index(ins.op0_register)
+            return ((vcpu.engine.gpr(g[0]) & 0xFFFF) if g else 0), 0
+        return vcpu._read_mem_operand(ins, 2), 0
 
 
 def _npt_entry(gpa: int, perms: int) -> int:

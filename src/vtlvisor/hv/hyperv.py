@@ -41,12 +41,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: hypercall page layout (ours; reported to the guest through HvRegisterVsmCodePageOffsets)
+#: hypercall page layout (ours; reported to the guest through HvRegisterVsmCodePageOffsets). The VTL call
+#: and return sequences take the VTL call/return *control input* in RCX (TLFS 15.7 / 15.8 register
+#: tables: x64 RCX = control input, RAX reserved; return input bit 0 = fast return) and hand it to the
+#: hypervisor in RAX with the call code in RCX, as Hyper-V's and OpenVMM's pages do (openvmm
+#: vm/hv1/hv1_emulator/src/hv.rs ``hypercall_page``: ``mov rax, rcx; mov ecx, 0x11|0x12; vmmcall; ret``;
+#: vm/hv1/hv1_hypercall/src/x86.rs ``vtl_input`` reads RAX). Linux passes the return kind in RCX:
+#: arch/x86/hyperv/mshv_vtl_asm.S ``xor %ecx, %ecx`` before calling the page (a normal return).
 HYPERCALL_STUB = bytes.fromhex("0f01d9c3")                       # vmmcall; ret
 VTL_CALL_OFFSET = 0x10
 VTL_RETURN_OFFSET = 0x20
-VTL_CALL_STUB = bytes.fromhex("b911000000") + HYPERCALL_STUB     # mov ecx, HvCallVtlCall; vmmcall; ret
-VTL_RETURN_STUB = bytes.fromhex("b912000000") + HYPERCALL_STUB   # mov ecx, HvCallVtlReturn; ...
+VTL_CALL_STUB = bytes.fromhex("4889c8b911000000") + HYPERCALL_STUB    # mov rax, rcx; mov ecx, HvCallVtlCall
+VTL_RETURN_STUB = bytes.fromhex("4889c8b912000000") + HYPERCALL_STUB  # mov rax, rcx; mov ecx, HvCallVtlReturn
 PAGE = 0x1000
 MASK64 = 0xFFFFFFFFFFFFFFFF
 
@@ -61,8 +67,10 @@ class SynicState:
 
 @dataclass
 class HvVtlMsrs:
-    """Synthetic MSRs private to one VTL."""
+    """Synthetic MSRs private to one VTL (TLFS 15.11.1 lists GUEST_OS_ID, HYPERCALL, the VP assist page,
+    NPIEP_CONFIG and the SynIC MSRs among the private MSRs)."""
 
+    guest_os_id: int = 0
     hypercall: int = 0
     vp_assist_page: int = 0
     npiep_config: int = 0
@@ -94,7 +102,6 @@ Handler = Callable[["Vcpu", HypercallInput], tuple[int, int, bytes]]
 class HyperV:
     def __init__(self, vsm: Vsm) -> None:
         self.vsm = vsm
-        self.guest_os_id = 0
         self.handlers: dict[int, Handler] = {}
 
     # ------------------------------------------------------------------ CPUID
@@ -121,7 +128,7 @@ class HyperV:
     def msr_read(self, vcpu: Vcpu, msr: int) -> int | None:
         m = self.vsm.active.hv_msrs
         if msr == HvMsr.HV_X64_MSR_GUEST_OS_ID:
-            return self.guest_os_id
+            return m.guest_os_id
         if msr == HvMsr.HV_X64_MSR_HYPERCALL:
             return m.hypercall
         if msr == HvMsr.HV_X64_MSR_VP_INDEX:
@@ -148,7 +155,7 @@ class HyperV:
     def msr_write(self, vcpu: Vcpu, msr: int, value: int) -> bool:
         m = self.vsm.active.hv_msrs
         if msr == HvMsr.HV_X64_MSR_GUEST_OS_ID:
-            self.guest_os_id = value
+            m.guest_os_id = value
             if value == 0:
                 m.hypercall &= ~HV_X64_MSR_HYPERCALL_ENABLE
             return True
@@ -198,7 +205,7 @@ class HyperV:
         if value & 0xFFC:
             raise GuestGP(0, "hypercall MSR: reserved bits")
         if value & HV_X64_MSR_HYPERCALL_ENABLE:
-            if self.guest_os_id == 0:
+            if m.guest_os_id == 0:
                 value &= ~HV_X64_MSR_HYPERCALL_ENABLE    # TLFS: no hypercall page before GUEST_OS_ID
             else:
                 gpa = value & ~0xFFF & MASK64

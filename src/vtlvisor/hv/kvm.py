@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from ..abi.domains import DomainHypercall
 from ..abi.kvm_pv import (
     KVM_CPUID_FEATURES,
     KVM_CPUID_SIGNATURE,
@@ -58,8 +59,9 @@ class KvmInterface:
         else:
             h = self.handlers.get(nr)
             ret = -KvmErrno.KVM_ENOSYS if h is None else h(vcpu, *args)
-        if ret < 0 and nr in self.handlers or vcpu.cpl() != 0:
-            err = KvmErrno(-ret).name if -ret in KvmErrno._value2member_map_ else str(ret)
+        # refusals of the domain hypercalls are recorded by hv/domains.py, with their reasons
+        if vcpu.cpl() != 0 or ret < 0 and nr in self.handlers and nr not in DomainHypercall._value2member_map_:
+            err = KvmErrno(-ret).name if -ret in KvmErrno._value2member_map_ else str(-ret)
             vcpu.security_event("refused_hypercall", f"KVM hypercall {nr} at CPL {vcpu.cpl()} -> -{err}",
                                 nr=nr, ret=ret)
         if vcpu.hooks.trace:

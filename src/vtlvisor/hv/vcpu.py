@@ -106,6 +106,14 @@ class VcpuHooks:
     interrupts_allowed: Callable[[], bool] | None = None
     #: a hypervisor-side access for the running VTL hit memory it may not touch (VSM: GPA intercept)
     access_denied: Callable[[Vcpu, AccessDenied], None] | None = None
+    #: the hypervisor just loaded CS/SS (event delivery, SYSCALL/SYSENTER emulation): called before the
+    #: guest runs on (VSM's MBEC picks the nested root for the new CPL)
+    after_transfer: Callable[[], None] | None = None
+    #: called at every exit and every engine stop, before the handler (MBEC: CPL changes the engine
+    #: made without an exit)
+    exit_check: Callable[[], None] | None = None
+    #: (vcpu, vector) -> handled; consulted for every intercepted exception before it is delivered
+    exception_filter: Callable[[Vcpu, int], bool] | None = None
 
 
 class Vcpu:
@@ -173,6 +181,7 @@ class Vcpu:
             SvmExit.SHUTDOWN: self._exit_shutdown,
             SvmExit.VMMCALL: self._exit_vmmcall,
             SvmExit.NPF: self._exit_npf,
+            SvmExit.IRET: self._exit_opt_in,
             SvmExit.MONITOR: self._exit_ud,
             SvmExit.MWAIT: self._exit_ud,
         }
@@ -194,6 +203,8 @@ class Vcpu:
             counts[code] = counts.get(code, 0) + 1
             # the exit's one pull: fast-path handlers (CPUID, exceptions, INT n) read this image
             rip = self.engine.exit_rip()
+            if self.hooks.exit_check is not None:
+                self.hooks.exit_check()
             self.exit_seq += 1
             self.last_exits.append((self.exit_seq, code, rip, ""))
             if self.hooks.trace:
@@ -345,6 +356,8 @@ class Vcpu:
                      cr2: int | None) -> None:
         # also clears Unicorn's stale-exception markers, as every injection must
         self.engine.commit_transfer(cs, ss, rsp, rip, rflags, cr2, ack=True)
+        if self.hooks.after_transfer is not None:
+            self.hooks.after_transfer()
 
     def queue_event(self, ev: Event) -> None:
         """Deliver before the next guest instruction (from outside the engine)."""
@@ -357,6 +370,8 @@ class Vcpu:
     # ================================================================== exit handlers
     def _exit_exception(self, code: int) -> None:
         vec = code - _EXCP_BASE
+        if self.hooks.exception_filter is not None and self.hooks.exception_filter(self, vec):
+            return
         s = self.engine.snapshot(pull=False)
         tlb = Translator(self.mem, self._mode_of(s))
         if vec == _UD and self._maybe_emulate_ud(s, tlb):
@@ -531,6 +546,13 @@ class Vcpu:
         self.step_without_intercept(code)
 
     def _exit_dt_write(self, code: int) -> None:
+        for f in self.hooks.intercept_filters:
+            if f(self, code):
+                return
+        self.step_without_intercept(code)
+
+    def _exit_opt_in(self, code: int) -> None:
+        """An intercept an ABI turns on for itself (IRET for VSM's MBEC): its filter handles it."""
         for f in self.hooks.intercept_filters:
             if f(self, code):
                 return
@@ -732,6 +754,8 @@ class Vcpu:
                 self._syscall(next_rip)
             else:
                 self._sysenter(next_rip)
+            if self.hooks.after_transfer is not None:
+                self.hooks.after_transfer()
         except GuestFault as f:
             self.engine.rip = insn_rip
             self.inject(Event(f.vector, EventKind.EXCEPTION, f.error_code))
@@ -872,6 +896,8 @@ class Vcpu:
                 else:
                     err = self.engine.run()
                 self._kicked.set()
+                if self.hooks.exit_check is not None and self.result is None:
+                    self.hooks.exit_check()
                 if err and self.result is None:
                     self._engine_error(err)
                 self._run_outer()

@@ -3,13 +3,14 @@ secure intercepts, VTL call/return and the VSM hypercalls, with the Hyper-V TLFS
 
 How a VTL maps onto the engine (docs/vsm.md):
 - Private state: the engine's whole CPU state (a Unicorn context: RIP, RSP, RFLAGS, CRs, EFER,
-  segments, descriptor tables, SYSCALL/SYSENTER MSRs, PAT, DR7...) plus the hypervisor's per-VTL
-  shadows (MSR state, synthetic MSRs, SynIC, VP assist page, NPIEP). A switch saves the running
-  VTL's context, restores the target's and copies the shared registers across (RAX..R15 except
-  RSP, CR2), as the TLFS says GPRs are shared.
+  segments, descriptor tables, SYSCALL/SYSENTER MSRs, PAT, DR6/DR7...) plus the hypervisor's per-VTL
+  shadows (MSR state, synthetic MSRs incl. GUEST_OS_ID, SynIC, VP assist page, NPIEP, the TPR). A switch
+  saves the running VTL's context, restores the target's and copies the shared state across (TLFS
+  15.11.2: RAX..R15 but RSP, CR2, DR0-DR3, x87/SSE/AVX and XCR0, MTRRs and MISC_ENABLE).
 - Protections: one nested page table root per VTL. The root of VTL n carries the access mask the
-  higher VTL set for each page (R -> present, W -> writable, X -> executable); a violation is a
-  nested page fault that becomes a GpaIntercept message to the higher VTL.
+  higher VTL set for each page (R -> present, W -> writable, KX -> executable); a violation is a
+  nested page fault that becomes a GpaIntercept message to the higher VTL. With MBEC a second,
+  user-mode root (executable = UX) is used at CPL 3 (hv/mbec.py).
 - Intercepts: CR0/CR4 writes, MSR accesses and descriptor-table writes of a lower VTL that the
   higher VTL asked for (CrInterceptControl) are turned into intercept messages in the higher VTL's
   SynIC message page (SINT0 slot), with entry reason INTERCEPT in its VP assist page, and a switch.
@@ -21,16 +22,25 @@ from __future__ import annotations
 
 import logging
 import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..abi.hyperv import (
     HV_PARTITION_ID_SELF,
     HV_VP_INDEX_SELF,
+    HV_VTL_RETURN_INPUT_FAST,
     VP_ASSIST_ENTRY_REASON,
     VP_ASSIST_RETURN_RAX,
+    VSM_CAP_MBEC_VTL_MASK_SHIFT,
+    VSM_PARTITION_STATUS_MAX_VTL_SHIFT,
+    VSM_PARTITION_STATUS_MBEC_SHIFT,
+    VSM_VP_STATUS_ACTIVE_MBEC,
+    VSM_VP_STATUS_ENABLED_SHIFT,
     HvCallCode,
     HvCrInterceptControl,
+    HvEnablePartitionVtlFlags,
     HvInputVtl,
     HvInterceptAccessType,
     HvMapGpaFlags,
@@ -41,6 +51,7 @@ from ..abi.hyperv import (
     HvTranslateGvaFlags,
     HvTranslateGvaResult,
     HvVsmPartitionConfig,
+    HvVsmVpSecureVtlConfig,
     HvVtlEntryReason,
     attributes_from_flags,
     exec_state,
@@ -52,12 +63,13 @@ from ..abi.hyperv import (
 from ..engine.engine import Segment
 from ..engine.npt import LEAF_RWX, NX, NestedPageTable
 from ..memory import AccessDenied, ProtectedView
-from ..x86.arch import CR0, EFER, MSR, Vector, canonical
+from ..x86.arch import CR0, CR4, EFER, MSR, Vector, canonical
 from ..x86.events import Event, EventKind
 from ..x86.paging import Access, NonCanonical, PageFault, walk
 from ..x86.svm import SvmExit
 from . import contexts
 from .hyperv import VTL_CALL_OFFSET, VTL_RETURN_OFFSET, HvVtlMsrs, HypercallError, HypercallInput, HyperV
+from .mbec import Mbec
 from .msrs import GuestGP, InterceptPending, MsrState
 from .stop import StopReason
 
@@ -71,8 +83,10 @@ MAX_VTLS = 16            # the data model (TLFS: up to 16 VTLs)
 MAX_ENABLED_VTL = 2      # what this hypervisor lets a guest enable
 MASK64 = (1 << 64) - 1
 ALL_ACCESS = 0xF
-SHARED_GPRS = ("rax", "rcx", "rdx", "rbx", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13",
-               "r14", "r15", "cr2")
+#: registers shared by all VTLs (TLFS 15.11.2 "Shared State"); the x87/SSE/AVX state and XCR0 travel as
+#: one engine image (``Engine.fp_state``)
+SHARED_REGS = ("rax", "rcx", "rdx", "rbx", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13",
+               "r14", "r15", "cr2", "dr0", "dr1", "dr2", "dr3")
 _SEG_REGS = {
     HvRegisterName.HvX64RegisterEs: "es", HvRegisterName.HvX64RegisterCs: "cs",
     HvRegisterName.HvX64RegisterSs: "ss", HvRegisterName.HvX64RegisterDs: "ds",
@@ -130,6 +144,8 @@ class VtlContext:
     msr_state: MsrState = field(default_factory=MsrState)
     hv_msrs: HvVtlMsrs = field(default_factory=HvVtlMsrs)
     npt: NestedPageTable | None = None
+    #: MBEC: the user-mode root (executable = UX); ``npt`` is then the kernel-mode root (executable = KX)
+    npt_user: NestedPageTable | None = None
     #: protections this VTL's root carries, set by higher VTLs: gpn -> HvMapGpaFlags (absent = default)
     protections: dict[int, int] = field(default_factory=dict)
     default_mask: int = ALL_ACCESS
@@ -141,11 +157,22 @@ class VtlContext:
     partition_config: int = 0
     #: HvRegisterPendingEvent0 to inject when this VTL next runs
     pending_event: int = 0
+    #: the local APIC's TPR (CR8 << 4) of this VTL while it is not running: TLFS 15.11.1 lists the local
+    #: APIC registers, CR8/TPR included, as private (the rest of the one LAPIC is VTL0's, see docs/vsm.md)
+    tpr: int = 0
+    #: MBEC governs this VTL's execute protections (a higher VTL with the partition flag set
+    #: MbecEnabled in its HvRegisterVsmVpSecureConfigVtl<n> for it)
     mbec: bool = False
+    #: HvCallEnablePartitionVtl enabled this VTL with EnableMbec: it may use MBEC on lower VTLs
+    partition_mbec: bool = False
+    #: this VTL's HvRegisterVsmVpSecureConfigVtl<n> instances, one per lower VTL n
+    secure_config: dict[int, int] = field(default_factory=dict)
 
 
 def map_flags_valid(flags: int, mbec: bool) -> bool:
-    """TLFS/OpenHCL rules: write or execute needs read; without MBEC kernel and user execute go together."""
+    """TLFS/OpenHCL rules: write or execute needs read; without MBEC kernel and user execute go together.
+    With MBEC every combination is accepted; the TLFS leaves KX without UX undefined (OpenHCL refuses
+    it): here it means what it says, kernel-mode execute only."""
     if flags & ~ALL_ACCESS:
         return False
     if flags and not flags & HvMapGpaFlags.HV_MAP_GPA_READABLE:
@@ -155,13 +182,19 @@ def map_flags_valid(flags: int, mbec: bool) -> bool:
     return mbec or kx == ux
 
 
-def npt_entry(gpa: int, flags: int) -> int:
+_KX, _UX = int(HvMapGpaFlags.HV_MAP_GPA_KERNEL_EXECUTABLE), int(HvMapGpaFlags.HV_MAP_GPA_USER_EXECUTABLE)
+_SMEP, _PG = int(CR4.SMEP), int(CR0.PG)
+
+
+def npt_entry(gpa: int, flags: int, user: bool = False) -> int:
+    """The NPT leaf for a page with protection ``flags``: in the kernel-mode root (and without MBEC,
+    where the TLFS says KX governs both modes) executable iff KX, in the user-mode root iff UX."""
     if not flags & HvMapGpaFlags.HV_MAP_GPA_READABLE:
         return 0
     e = (gpa & ~0xFFF) | (LEAF_RWX & ~2)            # present, user, accessed, dirty
     if flags & HvMapGpaFlags.HV_MAP_GPA_WRITABLE:
         e |= 2
-    if not flags & (HvMapGpaFlags.HV_MAP_GPA_KERNEL_EXECUTABLE | HvMapGpaFlags.HV_MAP_GPA_USER_EXECUTABLE):
+    if not flags & (_UX if user else _KX):
         e |= NX
     return e
 
@@ -197,6 +230,7 @@ class Vsm:
         # the hypervisor's own accesses for the running VTL obey that VTL's protections
         vc.mem = ProtectedView(partition.memory, self._check_access)
         vc.hooks.access_denied = self._hypervisor_access_denied
+        self.mbec = Mbec(self)
 
     # ================================================================== state
     @property
@@ -221,12 +255,25 @@ class Vsm:
         return ctx.protections.get(gpa >> 12, ctx.default_mask)
 
     # ================================================================== switching
-    def _capture_shared(self) -> list[int]:
-        return [self.engine.reg(r) for r in SHARED_GPRS]
+    def _capture_shared(self) -> tuple[list[int], bytes]:
+        """The state the TLFS shares between VTLs (15.11.2): the GPRs but RSP, CR2, DR0-DR3 (DR4/DR5
+        alias DR6/DR7), x87, MXCSR, XMM/YMM and XCR0. DR6 is private here (VsmCapabilities.Dr6Shared
+        = 0); the shared MSRs (MTRRs, MISC_ENABLE) live in the MSR shadow (``_share_msrs``)."""
+        return [self.engine.reg(r) for r in SHARED_REGS], self.engine.fp_state()
 
-    def _apply_shared(self, vals: list[int]) -> None:
-        for r, v in zip(SHARED_GPRS, vals, strict=True):
+    def _apply_shared(self, shared: tuple[list[int], bytes]) -> None:
+        vals, fp = shared
+        for r, v in zip(SHARED_REGS, vals, strict=True):
             self.engine.set_reg(r, v)
+        self.engine.set_fp_state(fp)
+
+    @staticmethod
+    def _share_msrs(src: MsrState, dst: MsrState) -> None:
+        """MTRRs and the other architectural MSRs the hypervisor shadows but the TLFS does not list as
+        private (IA32_MISC_ENABLE) are one copy for all VTLs."""
+        dst.mtrr = src.mtrr
+        dst.mtrr_def_type = src.mtrr_def_type
+        dst.misc_enable = src.misc_enable
 
     def _install(self, target: int) -> None:
         """Make VTL ``target``'s saved context live (engine + hypervisor shadows)."""
@@ -237,6 +284,9 @@ class Vsm:
         """SVM intercepts while ``vtl`` runs: the core set plus the descriptor-table writes the
         higher VTL asked for."""
         value = self.p.base_intercept
+        if vtl == self.active_vtl and self.mbec.split:
+            from ..x86.svm import intercept_bit as _bit
+            value |= _bit(SvmExit.IRET)
         higher = self.highest_enabled_above(vtl)
         if higher is not None:
             ctl = self.vtls[higher].cr_intercept_control
@@ -250,13 +300,17 @@ class Vsm:
                   fast_return: bool = True) -> None:
         """Switch the vCPU to VTL ``target`` (must run with the engine stopped)."""
         src = self.active_vtl
+        self.mbec.leave()
         shared = self._capture_shared()
         cur = self.vtls[src]
         contexts.save(self.vcpu, cur)
+        cur.tpr = self.vcpu.lapic.tpr
         self.active_vtl = target
         self._install(target)
         self._apply_shared(shared)
         tgt = self.vtls[target]
+        self._share_msrs(cur.msr_state, tgt.msr_state)
+        self.vcpu.lapic.tpr = tgt.tpr
         if reason is not None:
             self._write_assist(tgt, VP_ASSIST_ENTRY_REASON, struct.pack("<I", reason))
         if message is not None:
@@ -269,6 +323,7 @@ class Vsm:
                 self.engine.set_reg("rax", rax)
                 self.engine.set_reg("rcx", rcx)
         self.switches += 1
+        self.mbec.enter()
         if self.vcpu.hooks.trace:
             self.vcpu.hooks.trace("vtl_switch", {"from": src, "to": target,
                                                  "reason": reason.name if reason is not None else "return",
@@ -317,18 +372,35 @@ class Vsm:
         if self.p.memory.contains(gpa, 256):
             self.p.memory.write(gpa, message)
 
-    def viewing(self, vtl: int):
+    @contextmanager
+    def viewing(self, vtl: int) -> Iterator[None]:
         """Make a non-running VTL's state live in the engine for register access, then put the running
-        VTL back. Shared registers are the same in both, so they are not touched."""
-        return contexts.viewing(self.vcpu, self.vtls[vtl], vtl == self.active_vtl)
+        VTL back. Shared registers are the same in both, so they are not touched. MBEC's traps are
+        taken off the running VTL meanwhile (the engine then reports the viewed VTL's own values)."""
+        if vtl == self.active_vtl:
+            yield
+            return
+        self.mbec.leave()
+        try:
+            with contexts.viewing(self.vcpu, self.vtls[vtl], False):
+                yield
+        finally:
+            self.mbec.enter()
 
     # ================================================================== VtlCall / VtlReturn
     def vtl_call_or_return(self, vcpu: Vcpu, control: int) -> None:
+        """HvCallVtlCall / HvCallVtlReturn: RCX holds only the call code, RAX the VTL call/return
+        control input (the hypercall page moved it there from the caller's RCX): 0 for a call, for a
+        return bit 0 = fast return (registers not restored from the VP assist page), other bits RsvdZ.
+        Anything else is #UD (TLFS 15.7.2 / 15.8.1; OpenVMM hv1_hypercall VtlCall/VtlReturn)."""
         from .vcpu import GuestFault
         code = control & 0xFFFF
-        if control & ~(0xFFFF | (1 << 16)) & MASK64:
-            raise GuestFault(Vector.UD)             # only the code (and the fast bit) may be set
+        if control & ~0xFFFF & MASK64:
+            raise GuestFault(Vector.UD)             # only the code may be set
+        vtl_input = vcpu.reg("rax")
         if code == HvCallCode.HvCallVtlCall:
+            if vtl_input:
+                raise GuestFault(Vector.UD)         # every bit of the VTL call control input is reserved
             target = self.highest_enabled_above(self.active_vtl)
             if target is None or not self.vtls[target].enabled:
                 vcpu.security_event("refused_vtl_call", f"VtlCall from VTL{self.active_vtl} with no higher VTL "
@@ -340,8 +412,10 @@ class Vsm:
         else:
             if self.active_vtl == 0:
                 raise GuestFault(Vector.UD)
+            if vtl_input & ~HV_VTL_RETURN_INPUT_FAST & MASK64:
+                raise GuestFault(Vector.UD)
             lower = max(v for v in range(self.active_vtl) if self.vtls[v].enabled)
-            fast = bool(vcpu.reg("rdx") & 1)
+            fast = bool(vtl_input & HV_VTL_RETURN_INPUT_FAST)
             if vcpu.hooks.trace:
                 vcpu.hooks.trace("hypercall", {"abi": "hyperv", "code": code, "vtl": self.active_vtl})
             vcpu.request_outer(lambda: self.switch_to(lower, None, fast_return=fast))
@@ -379,6 +453,11 @@ class Vsm:
             return 0
 
     def cr_write_filter(self, vcpu: Vcpu, cr: int, old: int, new: int) -> bool:
+        if self.active.mbec and (old ^ new) & (_SMEP if cr == 4 else _PG):
+            # MBEC's split mode follows CR4.SMEP and long mode (CR0.PG): re-evaluate once the write
+            # is done, before the next instruction (an intercept below replaces this with a switch,
+            # which re-evaluates too)
+            vcpu.request_outer(self.mbec.sync)
         if vcpu._vsm_bypass:
             return False
         bit = HvCrInterceptControl.Cr0Write if cr == 0 else HvCrInterceptControl.Cr4Write
@@ -421,7 +500,10 @@ class Vsm:
         self._msr_intercept(vcpu, msr, False, 0)
 
     def intercept_filter(self, vcpu: Vcpu, code: int) -> bool:
-        """Descriptor-table reads (NPIEP), writes (HyperGuard) and nested page faults (protections)."""
+        """Descriptor-table reads (NPIEP), writes (HyperGuard), nested page faults (protections) and
+        IRET (MBEC's CPL tracking)."""
+        if code == SvmExit.IRET:
+            return self.mbec.on_iret(vcpu)
         if code in NPIEP_BIT:
             if self.active.hv_msrs.npiep_config & NPIEP_BIT[code] and vcpu.cpl() > 0:
                 vcpu.security_event("npiep", f"NPIEP: {SvmExit(code).name.removesuffix('_READ')} read at CPL "
@@ -474,6 +556,20 @@ class Vsm:
         if higher is None:
             # a protection with nobody above to handle it cannot happen; report like hardware would
             return False
+        t = self.active
+        if access == HvInterceptAccessType.HV_INTERCEPT_ACCESS_EXECUTE and t.mbec:
+            cpl = vcpu.cpl()
+            user = self.mbec.split and cpl == 3
+            flags = self.protection(self.active_vtl, gpa)
+            if self.mbec.user_root == user and flags & (_UX if user else _KX):
+                # the fetch faulted on the other mode's root before this exit's check moved the
+                # engine to the right one (a far RET to ring 3 has no exit): retry it
+                return True
+        if access == HvInterceptAccessType.HV_INTERCEPT_ACCESS_EXECUTE and t.mbec and self.mbec.split:
+            vcpu.security_event(
+                "mbec_execute", f"MBEC: {'user' if cpl == 3 else 'kernel'}-mode fetch at CPL {cpl} from GPA "
+                f"{gpa:#x} (protection {flags:#x}, no {'UX' if cpl == 3 else 'KX'}) in VTL{self.active_vtl} "
+                f"-> GpaIntercept to VTL{higher}", vtl=self.active_vtl, gpa=gpa, cpl=cpl)
         code = self._insn_bytes(vcpu)
         payload = self._header(access, 0) + struct.pack("<IBBBBQQ", 0, len(code), 0, 0, 0, 0, gpa) \
             + code.ljust(16, b"\0")
@@ -492,11 +588,18 @@ class Vsm:
 
     def _check_access(self, gpa: int, size: int, write: bool) -> None:
         t = self.vtls[self.active_vtl]
-        if not t.protections and t.default_mask == ALL_ACCESS:
+        prot, default = t.protections, int(t.default_mask)
+        if not prot and default == ALL_ACCESS:
             return
-        need = HvMapGpaFlags.HV_MAP_GPA_WRITABLE if write else HvMapGpaFlags.HV_MAP_GPA_READABLE
-        for gpn in range(gpa >> 12, ((gpa + max(size, 1) - 1) >> 12) + 1):
-            if not t.protections.get(gpn, t.default_mask) & need:
+        need = 2 if write else 1                     # HV_MAP_GPA_WRITABLE / READABLE (plain ints: hot path)
+        first = gpa >> 12
+        last = (gpa + max(size, 1) - 1) >> 12
+        if first == last:
+            if not prot.get(first, default) & need:
+                raise AccessDenied(gpa, write)
+            return
+        for gpn in range(first, last + 1):
+            if not prot.get(gpn, default) & need:
                 raise AccessDenied(max(gpa, gpn << 12), write)
 
     def _hypervisor_access_denied(self, vcpu: Vcpu, denied: AccessDenied) -> None:
@@ -551,29 +654,60 @@ class Vsm:
             level = nxt
         return out
 
+    @staticmethod
+    def _roots(t: VtlContext) -> list[tuple[NestedPageTable, bool]]:
+        """The roots of a VTL with their kind (False: kernel-mode / only root, True: user-mode)."""
+        roots = [(t.npt, False)]
+        if t.npt_user is not None:
+            roots.append((t.npt_user, True))
+        return roots
+
     def set_protection(self, vtl: int, gpn: int, flags: int) -> None:
         t = self.vtls[vtl]
         t.protections[gpn] = flags
         if gpn in self._pt_pages:
             flags = ALL_ACCESS            # see page_table_pages: never fault the engine's own walk
-        t.npt.set(gpn << 12, npt_entry(gpn << 12, flags))
+        for npt, user in self._roots(t):
+            npt.set(gpn << 12, npt_entry(gpn << 12, flags, user))
 
     def apply_default_mask(self, vtl: int, mask: int) -> None:
         t = self.vtls[vtl]
         t.default_mask = mask
+        for npt, user in self._roots(t):
+            self._fill_root(vtl, npt, user)
+
+    def _fill_root(self, vtl: int, npt: NestedPageTable, user: bool) -> None:
+        """Write every RAM leaf of one of VTL ``vtl``'s roots from its default mask and protections."""
+        t = self.vtls[vtl]
+        mask = t.default_mask
         ram = self.p.memory.size
-        npt = t.npt
-        flags = npt_entry(0, mask) & 0xFFF
-        nx = npt_entry(0, mask) & NX
+        leaf = npt_entry(0, mask, user)
         if mask & HvMapGpaFlags.HV_MAP_GPA_READABLE:
-            npt.map_4k_range(0, 0, ram, flags | nx)
+            npt.map_4k_range(0, 0, ram, leaf & (0xFFF | NX))
         else:
             for gpa in range(0, ram, 0x1000):
                 npt.set(gpa, 0)
         for gpn, f in t.protections.items():
-            npt.set(gpn << 12, npt_entry(gpn << 12, f))
+            npt.set(gpn << 12, npt_entry(gpn << 12, f, user))
         for gpn in self.page_table_pages(vtl):
-            npt.set(gpn << 12, npt_entry(gpn << 12, ALL_ACCESS))
+            npt.set(gpn << 12, npt_entry(gpn << 12, ALL_ACCESS, user))
+
+    def refresh_mbec(self, vtl: int) -> None:
+        """Recompute whether MBEC governs VTL ``vtl`` (a higher VTL enabled for MBEC on the partition
+        set MbecEnabled in its VsmVpSecureConfig instance for it); build its user-mode root on first
+        use. Takes effect when the VTL next runs (it is not the running one: only a higher VTL
+        configures it)."""
+        t = self.vtls[vtl]
+        on = any(h.partition_mbec and h.secure_config.get(vtl, 0) & HvVsmVpSecureVtlConfig.MbecEnabled
+                 for h in self.vtls[vtl + 1:])
+        if on and t.npt_user is None:
+            self._ensure_npt(vtl)
+            t.npt_user = self.p.build_npt()
+            if t.protections or t.default_mask != ALL_ACCESS:
+                self._pt_pages = self.page_table_pages(vtl)
+                self._fill_root(vtl, t.npt_user, True)
+            self.flush_after_protection_change()
+        t.mbec = on
 
     def flush_after_protection_change(self) -> None:
         self.engine.flush_tlb()
@@ -600,18 +734,17 @@ class Vsm:
     def _hc_enable_partition_vtl(self, vcpu: Vcpu, call: HypercallInput) -> tuple[int, int, bytes]:
         pid, vtl, flags, r16, r32 = struct.unpack_from("<QBBHI", call.data)
         self._check_partition(pid)
-        if flags & ~1 or r16 or r32:
-            return HvStatus.HV_STATUS_INVALID_PARAMETER, 0, b""
+        if flags & ~int(HvEnablePartitionVtlFlags.EnableMbec) or r16 or r32:
+            return HvStatus.HV_STATUS_INVALID_PARAMETER, 0, b""     # no shadow stacks, no HVPT
         if vtl <= self.active_vtl or vtl > MAX_ENABLED_VTL:
             return HvStatus.HV_STATUS_INVALID_PARAMETER, 0, b""
         if vtl in self.partition_enabled:
             return HvStatus.HV_STATUS_VTL_ALREADY_ENABLED, 0, b""
-        if flags & 1:
-            return HvStatus.HV_STATUS_FEATURE_UNAVAILABLE, 0, b""   # MBEC: not offered (VsmCapabilities)
         self.partition_enabled.add(vtl)
+        self.vtls[vtl].partition_mbec = bool(flags & HvEnablePartitionVtlFlags.EnableMbec)
         self._ensure_npt(vtl)
         if vcpu.hooks.trace:
-            vcpu.hooks.trace("enable_partition_vtl", {"vtl": vtl})
+            vcpu.hooks.trace("enable_partition_vtl", {"vtl": vtl, "mbec": bool(flags & 1)})
         return HvStatus.HV_STATUS_SUCCESS, 0, b""
 
     def _hc_enable_vp_vtl(self, vcpu: Vcpu, call: HypercallInput) -> tuple[int, int, bytes]:
@@ -652,10 +785,12 @@ class Vsm:
         """Build VTL ``vtl``'s initial context from InitialVpContextX64 on the engine, then put the
         running VTL back."""
         eng = self.engine
+        self.mbec.leave()
         running = eng.uc.context_save()
         running_msrs = self.vcpu.msr_state
         t = self.vtls[vtl]
         t.msr_state = MsrState(efer=efer | (EFER.LMA if (efer & EFER.LME and cr0 & CR0.PG) else 0))
+        self._share_msrs(running_msrs, t.msr_state)
         self.vcpu.msr_state = t.msr_state
         eng.msr_write(MSR.IA32_EFER, t.msr_state.efer | EFER.SVME)
         eng.set_reg("cr4", cr4)
@@ -673,6 +808,7 @@ class Vsm:
         eng.uc.context_restore(running)
         self.vcpu.msr_state = running_msrs
         eng.flush_tlb()
+        self.mbec.enter()
         if self.vcpu.hooks.trace:
             self.vcpu.hooks.trace("enable_vp_vtl", {"vtl": vtl, "rip": rip})
 
@@ -687,7 +823,7 @@ class Vsm:
             return HvStatus.HV_STATUS_ACCESS_DENIED, 0, b""
         if not self.vtls[target].enabled:
             return HvStatus.HV_STATUS_INVALID_VTL_STATE, 0, b""
-        if not map_flags_valid(flags, self.vtls[target].mbec):
+        if not map_flags_valid(flags, self.active.partition_mbec):
             return HvStatus.HV_STATUS_INVALID_PARAMETER, 0, b""
         elems = call.data[16:]
         done = 0
@@ -795,7 +931,7 @@ class Vsm:
         if name == HvRegisterName.HvX64RegisterCr4:
             return v.reg("cr4")
         if name == HvRegisterName.HvX64RegisterCr8:
-            return (v.lapic.tpr >> 4) & 0xF
+            return ((v.lapic.tpr if vtl == self.active_vtl else t.tpr) >> 4) & 0xF
         if name in _SEG_REGS:
             s = v.segment(_SEG_REGS[name])
             return int.from_bytes(segment_register(s.base, s.limit, s.selector, attributes_from_flags(s.flags)),
@@ -817,12 +953,24 @@ class Vsm:
             return VTL_CALL_OFFSET | (VTL_RETURN_OFFSET << 12)
         if name == HvRegisterName.HvRegisterVsmVpStatus:
             enabled = sum(1 << i for i in range(MAX_VTLS) if self.vtls[i].enabled)
-            return self.active_vtl | (enabled << 16)
+            return self.active_vtl | (VSM_VP_STATUS_ACTIVE_MBEC if self.active.mbec else 0) \
+                | (enabled << VSM_VP_STATUS_ENABLED_SHIFT)
         if name == HvRegisterName.HvRegisterVsmPartitionStatus:
             enabled = sum(1 << i for i in self.partition_enabled)
-            return enabled | (MAX_ENABLED_VTL << 16)
+            # MbecEnabledVtlSet: a VTL enabled with EnableMbec and the VTLs below it (as OpenHCL reports
+            # VTL0 and VTL1 for a VTL1 enabled with MBEC)
+            mbec = 0
+            for v in self.partition_enabled:
+                if self.vtls[v].partition_mbec:
+                    mbec |= (2 << v) - 1
+            return enabled | (MAX_ENABLED_VTL << VSM_PARTITION_STATUS_MAX_VTL_SHIFT) \
+                | (mbec << VSM_PARTITION_STATUS_MBEC_SHIFT)
         if name == HvRegisterName.HvRegisterVsmCapabilities:
-            return 0                     # dr6_shared=0, mbec_vtl_mask=0: MBEC is not offered
+            # Dr6Shared = 0 (DR6 is private); MbecVtlMask: MBEC can be enabled for every VTL below the
+            # highest one a guest may enable
+            return ((1 << MAX_ENABLED_VTL) - 1) << VSM_CAP_MBEC_VTL_MASK_SHIFT
+        if self._secure_config_target(vtl, name) is not None:
+            return t.secure_config.get(name - HvRegisterName.HvRegisterVsmVpSecureConfigVtl0, 0)
         if name == HvRegisterName.HvRegisterVsmPartitionConfig:
             self._vsm_control_owner(vtl)
             return t.partition_config
@@ -839,6 +987,16 @@ class Vsm:
             self._vsm_control_owner(vtl)
             return t.misc_enable_mask
         raise HypercallError(HvStatus.HV_STATUS_UNKNOWN_REGISTER_NAME)
+
+    def _secure_config_target(self, vtl: int, name: int) -> int | None:
+        """For HvRegisterVsmVpSecureConfigVtl<n>: n, after the access check (VTL ``vtl`` owns one
+        instance per lower VTL and only it may access them; TLFS 15.5.2). None for other names."""
+        n = name - HvRegisterName.HvRegisterVsmVpSecureConfigVtl0
+        if not 0 <= n < MAX_VTLS:
+            return None
+        if vtl != self.active_vtl or n >= vtl:
+            raise HypercallError(HvStatus.HV_STATUS_ACCESS_DENIED)
+        return n
 
     def _vsm_control_owner(self, vtl: int) -> None:
         """VSM control registers of VTL n configure what n does to lower VTLs: VTL0 has none, and only
@@ -893,11 +1051,16 @@ class Vsm:
         if name == HvRegisterName.HvX64RegisterCr8:
             if lo >> 4:
                 raise HypercallError(HvStatus.HV_STATUS_INVALID_REGISTER_VALUE)
-            v.lapic.tpr = lo << 4
+            if vtl == self.active_vtl:
+                v.lapic.tpr = lo << 4
+            else:
+                t.tpr = lo << 4
             return
         if name in _SEG_REGS:
             base, limit, sel, attr = struct.unpack("<QIHH", value.to_bytes(16, "little"))
             v.engine.set_segments({_SEG_REGS[name]: Segment(sel, base, limit, flags_from_attributes(attr))})
+            if vtl == self.active_vtl:
+                self.mbec.sync()              # SS (and so CPL) may have changed
             return
         if name in (HvRegisterName.HvX64RegisterIdtr, HvRegisterName.HvX64RegisterGdtr):
             v.engine.set_segments({"idtr" if name == HvRegisterName.HvX64RegisterIdtr else "gdtr":
@@ -947,6 +1110,18 @@ class Vsm:
             self._vsm_control_owner(vtl)
             t.misc_enable_mask = lo
             return
+        lower = self._secure_config_target(vtl, name)
+        if lower is not None:
+            if lo & ~int(HvVsmVpSecureVtlConfig.MbecEnabled | HvVsmVpSecureVtlConfig.TlbLocked):
+                raise HypercallError(HvStatus.HV_STATUS_INVALID_REGISTER_VALUE)   # no SSS / HVPT
+            if lo & HvVsmVpSecureVtlConfig.MbecEnabled and not t.partition_mbec:
+                # MBEC needs both levels: EnablePartitionVtl(EnableMbec) for this VTL, then this bit
+                raise HypercallError(HvStatus.HV_STATUS_INVALID_REGISTER_VALUE)
+            t.secure_config[lower] = lo
+            self.refresh_mbec(lower)
+            if self.vcpu.hooks.trace:
+                self.vcpu.hooks.trace("vsm_secure_config", {"vtl": vtl, "lower": lower, "value": lo})
+            return
         if name in (HvRegisterName.HvRegisterVsmCodePageOffsets, HvRegisterName.HvRegisterVsmVpStatus,
                     HvRegisterName.HvRegisterVsmPartitionStatus, HvRegisterName.HvRegisterVsmCapabilities):
             raise HypercallError(HvStatus.HV_STATUS_ACCESS_DENIED)
@@ -967,7 +1142,7 @@ class Vsm:
         if value & HvVsmPartitionConfig.EnableVtlProtection:
             if not mask & HvMapGpaFlags.HV_MAP_GPA_READABLE:
                 raise HypercallError(HvStatus.HV_STATUS_INVALID_PARAMETER)  # TLFS: default must include read
-            if not map_flags_valid(mask, False):
+            if not map_flags_valid(mask, t.partition_mbec):
                 raise HypercallError(HvStatus.HV_STATUS_INVALID_PARAMETER)
             for lower in range(vtl):
                 if self.vtls[lower].enabled:

