@@ -36,6 +36,7 @@ from .guest import (
     OpView,
     control,
     res,
+    vtl_call,
 )
 
 GP, UD, PF, DF = 13, 6, 14, 8
@@ -520,34 +521,40 @@ def op_vtl1_hypercall(rng: random.Random, i: int, codes: list[int]) -> Op:
     while code in (0x11, 0x12):
         ctl, code = gen_control(rng, codes)
     data = hv_input(rng, code, (ctl >> 32) & 0xFFF, (0x400, 0x580))
-    src = movabs("r12", ctl) + "mov rdi, 2\nmov rax, 0x20010\ncall rax\n" + mark(i)
+    src = movabs("r12", ctl) + vtl_call(2) + mark(i)
     return Op("vtl", asm=src, check=lambda v: None, desc=f"VTL1 runs hypercall {ctl:#x}", mem=[(IN(2), data[:0x1000])])
 
 
 def op_vtl_call(rng: random.Random, i: int) -> Op:
+    """VTL0's VtlCall (through the hypercall page or a direct VMMCALL) with commands for VTL1, a control
+    word that may have reserved bits, a VTL call control input (RCX into the page, RAX for a direct call:
+    all bits reserved) that may be non-zero, or VtlReturn from VTL0."""
     cmd = rng.choice((0, 1, 1, 2, 3, 4, rng.getrandbits(64)))
     pre = ""
-    if cmd == 3:            # VTL1 returns with a random control word / fast bit (RAX/RCX from its assist page)
+    if cmd == 3:            # VTL1 returns directly with a random control word (RCX) and return input (RAX)
         ret_ctl = pick(rng, [(6, 0x12), (1, 0x10012), (1, 0x12 | 1 << rng.randrange(17, 64))])
         pre = movabs("r13", ret_ctl) + movabs("r14", rng.choice((0, 1, rng.getrandbits(64))))
-    ctl = pick(rng, [(6, 0x11), (1, 0x11 | 1 << rng.randrange(17, 64)), (1, 0x10011), (2, 0x12)])
+    ctl = pick(rng, [(6, 0x11), (1, 0x11 | 1 << rng.randrange(16, 64)), (2, 0x12)])
+    vin = pick(rng, [(8, 0), (1, 1 << rng.randrange(64))])
     via = rng.choice(["page", "direct"])
+    pre += "xor esi, esi\n"
     if via == "page" and ctl == 0x11:
-        src = f"{pre}{movabs('rdi', cmd)}mov rax, 0x20010\ncall rax\n"
+        src = f"{pre}{movabs('rdi', cmd)}{movabs('rcx', vin)}mov rax, 0x20010\ncall rax\n"
     else:
-        src = f"{pre}{movabs('rdi', cmd)}{movabs('rcx', ctl)}vmmcall\n"
-    src += st(res(i, 0)) + mark(i)
+        src = f"{pre}{movabs('rdi', cmd)}{movabs('rcx', ctl)}{movabs('rax', vin)}vmmcall\n"
+    src += st(res(i, 0), "rsi") + mark(i)
 
     def check(v: OpView) -> str | None:
-        must_ud = ctl & ~0x1FFFF or (ctl & 0xFFFF) == 0x12
+        must_ud = ctl & ~0xFFFF or (ctl & 0xFFFF) == 0x12 or vin
         if must_ud:
-            return None if v.vectors() == [UD] else f"VTL call/return {ctl:#x} from VTL0: {v.vectors()}, not [#UD]"
+            return None if v.vectors() == [UD] else \
+                f"VTL call/return {ctl:#x} input {vin:#x} from VTL0: {v.vectors()}, not [#UD]"
         if cmd == 3:
             return None
         if cmd == 1 and v.slots[0] != 0x2222 and not v.faults:
-            return f"VTL call cmd 1 returned {v.slots[0]:#x}"
+            return f"VTL call cmd 1 returned {v.slots[0]:#x} in RSI"
         return None
-    return Op("vtl", asm=src, check=check, desc=f"vtl call ctl={ctl:#x} cmd={cmd:#x}")
+    return Op("vtl", asm=src, check=check, desc=f"vtl call ctl={ctl:#x} input={vin:#x} cmd={cmd:#x} via {via}")
 
 
 def gen_hv(rng: random.Random):
@@ -876,8 +883,53 @@ def gen_randcode(rng: random.Random):
 
 
 # ====================================================================== VSM attacks (canary)
+def vtl1_protect(flags: int, gpn: int) -> str:
+    """VTL0 asks VTL1 (command 2) to set VTL0's protection of ``gpn``: the input is written into IN(2)
+    at run time (other ops patch IN(2) before the run)."""
+    words = struct.unpack("<3Q", struct.pack("<QIB3xQ", SELF, flags, 0x10, gpn))
+    src = "".join(movabs("rax", w) + f"mov rbx, {IN(2) + 8 * k:#x}\nmov [rbx], rax\n" for k, w in enumerate(words))
+    return src + movabs("r12", control(HvCallCode.HvCallModifyVtlProtectionMask, 1)) + vtl_call(2)
+
+
+def op_pt_protected(rng: random.Random, i: int) -> Op:
+    """VTL1 protects an ordinary VTL0 page (not a page table at that moment); VTL0 then makes it a page
+    table and uses it: the engine's own walk goes through the protected page (a nested fault on a
+    guest page-table access, or an NX nested leaf on one)."""
+    x = SCRATCH + rng.randrange(4, 12) * 0x1000
+    flags = rng.choice([0, 1, 1, 3, 3, 0xD, 0xF])
+    k, j = rng.randrange(1, 8), rng.randrange(512)
+    va = (k << 39) | (j << 30) | rng.randrange(0, 1 << 30, 8)
+    src = f"mov rbx, {x + 8 * j:#x}\nmov qword ptr [rbx], {0x3000 | rng.choice((3, 7, 0x27, 0x67)):#x}\n"
+    src += vtl1_protect(flags, x >> 12)
+    src += f"mov rbx, {PML4 + 8 * k:#x}\nmov qword ptr [rbx], {x | 7:#x}\nmov rax, cr3\nmov cr3, rax\n"
+    src += movabs("rbx", va) + rng.choice(["mov rax, [rbx]\n", "mov qword ptr [rbx], 1\n", "lmsw [rbx]\n"])
+    after = f"mov rbx, {PML4 + 8 * k:#x}\nmov qword ptr [rbx], 0\nmov rax, cr3\nmov cr3, rax\n"
+    return Op("vsm", asm=src + mark(i), after=after, check=None,
+              desc=f"attack: page table in a page VTL1 protected {flags:#x} (PML4[{k}] -> {x:#x})")
+
+
+def op_pt_alias(rng: random.Random, i: int) -> Op:
+    """VTL0 page tables whose entries alias (PML4[1..k] -> T1, T1[0..k) -> T2, T2[0..k) -> T3) while
+    VTL1 changes a protection: the hypervisor's look at VTL0's hierarchy must stay bounded."""
+    k = rng.randrange(2, 97)
+    t1, t2, t3 = PTAREA, PTAREA + 0x1000, PTAREA + 0x2000
+    src = (f"mov rbx, {PML4 + 8:#x}\nmov rax, {t1 | 3:#x}\nmov rcx, {k}\nalias{i}:\nmov [rbx], rax\n"
+           f"add rbx, 8\nloop alias{i}\nmov rax, cr3\nmov cr3, rax\n")
+    src += vtl1_protect(rng.choice([1, 3, 0xF]), rng.randrange(SCRATCH >> 12, (SCRATCH >> 12) + 16))
+    after = (f"mov rbx, {PML4 + 8:#x}\nxor eax, eax\nmov rcx, {k}\nunalias{i}:\nmov [rbx], rax\n"
+             f"add rbx, 8\nloop unalias{i}\nmov rax, cr3\nmov cr3, rax\n")
+    mem = [(t1, struct.pack("<Q", t2 | 3) * k), (t2, struct.pack("<Q", t3 | 3) * k)]
+    return Op("vsm", asm=src + mark(i), after=after, check=None, mem=mem,
+              desc=f"attack: {k}-way aliased page tables during a protection change")
+
+
 def op_attack(rng: random.Random, i: int) -> Op:
     """VTL0 tries to make the hypervisor touch the VTL1-only canary page for it."""
+    r = rng.random()
+    if r < 0.06:
+        return op_pt_protected(rng, i)
+    if r < 0.10:
+        return op_pt_alias(rng, i)
     off = rng.randrange(0, 0x1000, 8)
     c = CANARY + off
     kind = rng.choice(["read", "write", "exec", "stack", "idt", "gdt_lgdt", "tss_rsp0", "cr3", "lmsw",
@@ -924,10 +976,10 @@ def op_attack(rng: random.Random, i: int) -> Op:
         src = f"mov ecx, 0x40000001\nmov eax, {CANARY | 1:#x}\nxor edx, edx\nwrmsr\n"
         src += f"mov ecx, 0x40000001\nmov eax, {0x20000 | 1:#x}\nxor edx, edx\nwrmsr\n"
     elif kind == "msr_assist":
-        src = f"mov ecx, 0x40000073\nmov eax, {CANARY | 1:#x}\nxor edx, edx\nwrmsr\nmov rdi, 1\nmov rax, 0x20010\ncall rax\n"
+        src = f"mov ecx, 0x40000073\nmov eax, {CANARY | 1:#x}\nxor edx, edx\nwrmsr\n" + vtl_call(1)
         src += f"mov ecx, 0x40000073\nmov eax, {0x24000 | 1:#x}\nxor edx, edx\nwrmsr\n"
     elif kind == "msr_simp":
-        src = f"mov ecx, 0x40000083\nmov eax, {CANARY | 1:#x}\nxor edx, edx\nwrmsr\nmov rdi, 1\nmov rax, 0x20010\ncall rax\n"
+        src = f"mov ecx, 0x40000083\nmov eax, {CANARY | 1:#x}\nxor edx, edx\nwrmsr\n" + vtl_call(1)
     elif kind == "pt_leaf":
         # VTL0's own page tables alias the canary (PML4[3] -> PDPT -> PD -> PT -> canary): the engine's
         # access must still be refused, and so must the hypervisor's walker (LMSW operand through it)

@@ -19,7 +19,9 @@
   never read or wrote it on behalf of VTL0 (GuestMemory is instrumented), and none of its qwords
   appears in memory VTL0 can read or in VTL0's registers;
 - time: every exit handler, outer step, port and MMIO access is timed; the slowest must stay under
-  ``max_exit_s``.
+  ``max_exit_s`` of the vCPU thread's CPU time (the hypervisor's own work: the 2 shared cores of a
+  busy machine stall a process for ~100 ms at times) and under ``WALL_FACTOR * max_exit_s`` of wall
+  time (an exit that blocks instead of working).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from vtlvisor.x86.svm import IOPM_SIZE, MSRPM_SIZE, Vmcb
 AD_MASK_BYTE = 0x9F                     # clears bits 5 and 6 of the low byte of each entry
 VMCB_VOLATILE = ((Vmcb.EXIT_INFO_1, 8), (Vmcb.EXIT_INFO_2, 8))
 MAX_EXIT_S = 0.100
+WALL_FACTOR = 10
 
 
 @dataclass
@@ -57,14 +60,18 @@ def _mask_ad(b: bytes) -> bytes:
 
 @dataclass
 class Timing:
-    slowest: float = 0.0
+    slowest: float = 0.0            # vCPU thread CPU time
     where: str = ""
+    wall: float = 0.0
+    wall_where: str = ""
     count: int = 0
 
-    def add(self, dt: float, where: str) -> None:
+    def add(self, cpu: float, wall: float, where: str) -> None:
         self.count += 1
-        if dt > self.slowest:
-            self.slowest, self.where = dt, where
+        if cpu > self.slowest:
+            self.slowest, self.where = cpu, where
+        if wall > self.wall:
+            self.wall, self.wall_where = wall, where
 
 
 @dataclass
@@ -124,11 +131,11 @@ class Checker:
         timing = self.timing
 
         def wrapper(*a, **k):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.thread_time()
             try:
                 return fn(*a, **k)
             finally:
-                timing.add(time.perf_counter() - t, where)
+                timing.add(time.thread_time() - c, time.perf_counter() - t, where)
         return wrapper
 
     def _wrap_timing(self) -> None:
@@ -226,9 +233,12 @@ class Checker:
             self._check_vsm()
         if self.canary is not None:
             self._check_canary()
-        if self.timing.slowest > self.max_exit_s:
-            self.fail("slow-exit", f"slowest exit {self.timing.slowest * 1e3:.1f} ms ({self.timing.where})",
-                      f"slow-{self.timing.where}")
+        tm = self.timing
+        if tm.slowest > self.max_exit_s:
+            self.fail("slow-exit", f"slowest exit {tm.slowest * 1e3:.1f} ms CPU ({tm.where})", f"slow-{tm.where}")
+        elif tm.wall > WALL_FACTOR * self.max_exit_s:
+            self.fail("slow-exit", f"slowest exit {tm.wall * 1e3:.1f} ms wall, not CPU ({tm.wall_where})",
+                      f"slow-wall-{tm.wall_where}")
         return self.failures
 
     def _check_hyp(self) -> None:
@@ -255,11 +265,15 @@ class Checker:
         if any(hyp[end:len(hyp)]):
             self.fail("hyp-region", "unallocated part of the private region is not zero", "hyp-pool")
 
-    def _npt_roots(self) -> list[tuple[int, object, dict, int]]:
+    def _npt_roots(self) -> list[tuple[int, object, dict, int, bool]]:
+        """(vtl, root, protections, default mask, user-mode root) for every NPT root (MBEC gives a VTL
+        a second, user-mode root)."""
         p = self.part
         if p.vsm is None:
-            return [(0, p.npt, {}, 0xF)]
-        return [(t.vtl, t.npt, t.protections, t.default_mask) for t in p.vsm.vtls if t.npt is not None]
+            return [(0, p.npt, {}, 0xF, False)]
+        roots = getattr(p.vsm, "_roots", lambda t: [(t.npt, False)])
+        return [(t.vtl, npt, t.protections, t.default_mask, user)
+                for t in p.vsm.vtls if t.npt is not None for npt, user in roots(t)]
 
     def _check_npt_leaves(self) -> set[int]:
         from vtlvisor.hv.vsm import npt_entry
@@ -267,7 +281,11 @@ class Checker:
         hyp = p.engine.hyp
         slots: set[int] = set()
         bad = []
-        for vtl, npt, prots, default in self._npt_roots():
+        # the pages of the protected VTL's page tables keep full access (Vsm.page_table_pages, docs/vsm.md)
+        pt_pages = getattr(p.vsm, "_pt_pages", set()) if p.vsm is not None else set()
+        for vtl, npt, prots, default, user in self._npt_roots():
+            def entry(gpa: int, flags: int, user: bool = user) -> int:
+                return (npt_entry(gpa, flags, user) if user else npt_entry(gpa, flags)) & ~0x60
             for gpn in range(p.memory.size >> 12):
                 slot = npt.leaf_slot(gpn << 12)
                 if slot is None:
@@ -276,10 +294,14 @@ class Checker:
                 off = slot - HYP_BASE
                 slots.add(off)
                 have = struct.unpack_from("<Q", hyp, off)[0] & ~0x60
-                flags = prots.get(gpn, default)
-                want = (npt_entry(gpn << 12, flags) if p.vsm is not None else (gpn << 12) | LEAF_RWX) & ~0x60
+                if p.vsm is None:
+                    want = ((gpn << 12) | LEAF_RWX) & ~0x60
+                else:
+                    want = entry(gpn << 12, prots.get(gpn, default))
+                    if have != want and gpn in pt_pages and have == entry(gpn << 12, 0xF):
+                        continue
                 if have != want:
-                    bad.append((vtl, gpn, f"{have:#x} != {want:#x}"))
+                    bad.append((vtl, gpn, f"{have:#x} != {want:#x}" + (" (user root)" if user else "")))
         if bad:
             self.fail("hyp-region", f"NPT RAM leaves differ from the protection model: {bad[:4]}", "hyp-npt-leaf")
         return slots

@@ -106,7 +106,9 @@ def hypercall(ctl: int, inp: int = 0, out: int = 0, page: int = HC0, slot: int |
 
 
 def vtl_call(cmd: int) -> str:
-    return f"mov rdi, {cmd}\nmov rax, {HC0 + 0x10:#x}\ncall rax\n"
+    """VtlCall through the hypercall page with command ``cmd`` (RDI) for VTL1's service loop: RCX is the
+    VTL call control input (0; the page moves it to RAX, TLFS 15.7.2)."""
+    return f"xor ecx, ecx\nmov rdi, {cmd}\nmov rax, {HC0 + 0x10:#x}\ncall rax\n"
 
 
 def seg(base: int, limit: int, sel: int, attr: int) -> bytes:
@@ -198,11 +200,15 @@ timer:
 
 
 #: VTL1's service loop. Commands (RDI on VtlCall): 0 setup (protections from IN(10)/IN(11) with the
-#: control words in V1LOG+0x900.., intercept controls from IN(12)), 1 read the canary, 2 run the
-#: hypercall prepared at IN(2) (control in R12), else return. Intercepts: GPA/MSR -> inject #GP into
-#: VTL0 (IN(9)); register intercepts -> skip the instruction (IN(8) + RIP).
+#: control words in V1LOG+0x900.., intercept controls from IN(12)), 1 read the canary (returns 0x2222 in
+#: RSI), 2 run the hypercall prepared at IN(2) (control in R12), 3 a direct VtlReturn with control R13
+#: and return input R14, else return. Intercepts: GPA/MSR -> inject #GP into VTL0 (IN(9)); register
+#: intercepts -> skip the instruction (IN(8) + RIP). It returns with a fast VtlReturn (RCX = 1 into the
+#: hypercall page, which moves it to RAX; RDX = 1 as well for the earlier ABI that read the fast bit there),
+#: so VTL0 sees the shared registers as VTL1 left them.
 def vtl1_src() -> str:
-    return wrmsr(0x40000001, HC1 | 1) + wrmsr(0x40000073, ASSIST1 | 1) + wrmsr(0x40000083, SIMP1 | 1) + f"""
+    # GUEST_OS_ID is private per VTL (TLFS 15.11.1): VTL1 sets its own before its hypercall page
+    return wrmsr(0x40000000, 0x1) + wrmsr(0x40000001, HC1 | 1) + wrmsr(0x40000073, ASSIST1 | 1) + wrmsr(0x40000083, SIMP1 | 1) + f"""
 vloop:
     mov rbx, {ASSIST1 + 8:#x}
     mov eax, [rbx]
@@ -243,6 +249,7 @@ c1:
     mov rax, [rbx]
     mov [{V1LOG + 0x800:#x}], rax
     mov rax, 0x2222
+    mov rsi, 0x2222
     jmp vret
 c2:
     cmp rdi, 3
@@ -258,6 +265,7 @@ c2:
     jmp vret
 c3:
     mov rcx, r13
+    mov rax, r14
     mov rdx, r14
     vmmcall
     jmp vloop
@@ -294,6 +302,7 @@ haslen:
     call rax
     mov [{V1LOG + 0x828:#x}], rax
 vret:
+    mov rcx, 1
     mov rdx, 1
     mov r11, {HC1 + 0x20:#x}
     call r11

@@ -23,8 +23,9 @@ class CaseResult:
     result: RunResult | None = None
     failures: list[Failure] = field(default_factory=list)
     exits: int = 0
-    slowest: float = 0.0
+    slowest: float = 0.0            # the slowest exit's vCPU-thread CPU time
     slowest_where: str = ""
+    slowest_wall: float = 0.0       # the longest exit in wall time
     wall: float = 0.0
     run_time: float = 0.0           # inside Partition.run() only
     indices: list[int] | None = None
@@ -64,7 +65,7 @@ def run_ops(ops: list[Op], cfg: GuestConfig, indices: list[int] | None = None, i
     cr.run_time = time.perf_counter() - t_run
     cr.failures = chk.finish(cr.result, exc)
     cr.exits = sum(part.vcpu.exit_counts.values())
-    cr.slowest, cr.slowest_where = chk.timing.slowest, chk.timing.where
+    cr.slowest, cr.slowest_where, cr.slowest_wall = chk.timing.slowest, chk.timing.where, chk.timing.wall
     if exc is None and cr.result is not None and cr.result.status == (SETUP_FAILED << 1) | 1:
         cr.failures.append(Failure("harness", f"guest prologue faulted: {g.log()[:4]}", "harness-setup"))
     if exc is None:
@@ -147,6 +148,8 @@ def _isolated(fn) -> CaseResult:
     if pid == 0:
         try:
             os.close(rfd)
+            import faulthandler
+            faulthandler.disable()                 # a crash is a finding the parent reports, not a dump
             signal.alarm(120)                      # a wedged engine ends the child, not the campaign
             cr = fn()
             cr.guest = None
@@ -192,6 +195,7 @@ class Campaign:
     stops: dict = field(default_factory=lambda: defaultdict(Counter))
     failures: dict = field(default_factory=dict)          # key -> (iface, seed, Failure)
     slowest: tuple[float, str, str] = (0.0, "", "")
+    slowest_wall: tuple[float, str] = (0.0, "")
 
     def record(self, cr: CaseResult) -> None:
         self.cases[cr.iface] += 1
@@ -202,6 +206,8 @@ class Campaign:
             self.stops[cr.iface][cr.result.reason.value] += 1
         if cr.slowest > self.slowest[0]:
             self.slowest = (cr.slowest, cr.slowest_where, f"{cr.iface}:{cr.seed}")
+        if cr.slowest_wall > self.slowest_wall[0]:
+            self.slowest_wall = (cr.slowest_wall, f"{cr.iface}:{cr.seed}")
         for f in cr.failures:
             self.failures.setdefault(f.key, (cr.iface, cr.seed, f))
 
@@ -226,7 +232,8 @@ class Campaign:
         tw, tr = sum(self.wall.values()) or 1e-9, sum(self.run_time.values()) or 1e-9
         ex = sum(self.exits.values())
         out.append(f"{'total':<10} {sum(self.cases.values()):>6} {ex:>9} {f'{ex / tw:.0f} / {ex / tr:.0f}':>15}")
-        out.append(f"slowest single exit: {self.slowest[0] * 1e3:.2f} ms ({self.slowest[1]}, case {self.slowest[2]})")
+        out.append(f"slowest single exit: {self.slowest[0] * 1e3:.2f} ms CPU ({self.slowest[1]}, case {self.slowest[2]}); "
+                   f"longest in wall time {self.slowest_wall[0] * 1e3:.2f} ms (case {self.slowest_wall[1]})")
         out.append(f"crashes {len(self.crashes())}")
         for iface, seed, f in self.crashes():
             out.append(f"  [{f.key}] {iface}:{seed}: {str(f).splitlines()[0][:200]}")
