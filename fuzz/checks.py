@@ -281,8 +281,6 @@ class Checker:
         hyp = p.engine.hyp
         slots: set[int] = set()
         bad = []
-        # the pages of the protected VTL's page tables keep full access (Vsm.page_table_pages, docs/vsm.md)
-        pt_pages = getattr(p.vsm, "_pt_pages", set()) if p.vsm is not None else set()
         for vtl, npt, prots, default, user in self._npt_roots():
             def entry(gpa: int, flags: int, user: bool = user) -> int:
                 return (npt_entry(gpa, flags, user) if user else npt_entry(gpa, flags)) & ~0x60
@@ -298,8 +296,6 @@ class Checker:
                     want = ((gpn << 12) | LEAF_RWX) & ~0x60
                 else:
                     want = entry(gpn << 12, prots.get(gpn, default))
-                    if have != want and gpn in pt_pages and have == entry(gpn << 12, 0xF):
-                        continue
                 if have != want:
                     bad.append((vtl, gpn, f"{have:#x} != {want:#x}" + (" (user root)" if user else "")))
         if bad:

@@ -9,13 +9,7 @@ import pytest
 from fuzz.runner import campaign
 
 #: failure-key prefix -> the regression test that pins it down
-KNOWN = {
-    # a page VTL1 made non-executable, linked into VTL0's page tables later: Unicorn's nested walk
-    # dereferences NULL (get_hphys with an NX nested leaf on a guest page-table access)
-    "crash-signal-SIGSEGV": "test_page_table_linked_later_into_non_executable_page_does_not_crash_the_process",
-    # VTL1's protection hypercall walks VTL0's page tables without a visited set (aliased tables)
-    "slow-exit 0x81": "test_protection_hypercall_over_aliased_vtl0_page_tables_is_fast",
-}
+KNOWN: dict[str, str] = {}
 
 CASES = {"msr": 30, "cr": 30, "kvm": 30, "hyperv": 30, "io": 30, "mmio": 30, "paging": 25, "randcode": 20,
          "vsm": 20, "image": 80}

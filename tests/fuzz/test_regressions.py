@@ -201,10 +201,8 @@ print("RESULT", cr.result.reason.value, [f.key for f in cr.failures])
 """
 
 
-@pytest.mark.xfail(strict=True, reason="Unicorn 2.1.4 get_hphys (QEMU 5.0) runs *prot &= ~PAGE_EXEC with prot == "
-                   "NULL when a guest page-table access goes through an NX nested leaf: SIGSEGV. Protections are "
-                   "applied with the page tables of that moment (Vsm.page_table_pages); a page made non-executable "
-                   "earlier and linked in later crashes the process (/tmp/fuzz-proposals.md: patch get_hphys)")
+# Fixed by the get_hphys patch in engine/unicorn_internals.py (applied at start-up, verified byte for byte):
+# a guest page-table access through an NX nested leaf is an ordinary nested page fault now.
 @pytest.mark.parametrize("flags", [1, 3], ids=["read-only", "read-write"])
 def test_page_table_linked_later_into_non_executable_page_does_not_crash_the_process(flags):
     import subprocess
@@ -217,10 +215,7 @@ def test_page_table_linked_later_into_non_executable_page_does_not_crash_the_pro
     assert "RESULT debug-exit []" in p.stdout, p.stdout
 
 
-@pytest.mark.xfail(strict=True, reason="Vsm.page_table_pages revisits aliased tables (no visited set, the limit "
-                   "counts distinct pages only) and scans each with a 512-step Python loop: VTL0 page tables "
-                   "with k aliased entries per level cost ~k*k*512 steps in VTL1's protection hypercall "
-                   "(k=64: ~0.7 s, k=512: minutes and GiBs) (/tmp/fuzz-proposals.md)")
+# Fixed by removing Vsm.page_table_pages (the exemption it computed is not needed since the get_hphys patch)
 def test_protection_hypercall_over_aliased_vtl0_page_tables_is_fast():
     from fuzz.guest import PML4, PTAREA, V1LOG
     k, t1, t2, t3 = 64, PTAREA, PTAREA + 0x1000, PTAREA + 0x2000

@@ -14,6 +14,8 @@ The offsets below were measured on unicorn==2.1.4 (see ../shared/research/unicor
 from __future__ import annotations
 
 import ctypes
+import os
+import re
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -191,6 +193,82 @@ def _find(raw: bytes, marker: int) -> int:
     return first
 
 
+# ---------------------------------------------------------------------------------------------
+# A fix to the engine's code: QEMU 5.0's nested walk (get_hphys in target/i386/excp_helper.c) is
+# called with prot == NULL for the guest page-table entries of a walk, and its NX check runs
+#     if (ptep & PG_NX_MASK) { if (access_type == MMU_INST_FETCH) goto fault; *prot &= ~PAGE_EXEC; }
+# so a guest page-table page whose nested leaf is present and non-executable (every page table of a
+# guest whose higher VTL made data NX) dereferences NULL and kills the process: a guest-triggerable
+# host crash. The compiled sequence (prot in RCX, access_type in R14D), in libunicorn 2.1.4:
+#     41 83 fe 02       cmp  $2,%r14d            ; MMU_INST_FETCH?
+#     0f 84 <rel32>     je   do_fault_protect
+#     83 21 fb          andl $~PAGE_EXEC,(%rcx)
+#     83 e7 02 75 0d    and $2,%edi; jne +13     ; the RW check follows
+#     41 83 fe 01       cmp  $1,%r14d            ; MMU_DATA_STORE?
+#     0f 84 <rel32>     je   do_fault_protect    ; (the same target)
+#     83 21 fd          andl $~PAGE_WRITE,(%rcx)
+# becomes, in the first 13 bytes, `if (prot)` around the NX part:
+#     e3 0b             jrcxz +11                ; prot == NULL (a page-table access, always a store)
+#     41 83 fe 02       cmp  $2,%r14d
+#     74 0e             je   +14                 ; -> the RW check's je do_fault_protect (ZF still set)
+#     83 21 fb          andl $~PAGE_EXEC,(%rcx)
+#     66 90             nop
+# The RW part needs nothing: with prot == NULL the access is a store, which faults before its andl.
+# The site must be found exactly once (both je to the same target) or vtlvisor refuses to run.
+_HPHYS_SIG = re.compile(rb"\x41\x83\xfe\x02\x0f\x84(....)\x83\x21\xfb\x83\xe7\x02\x75\x0d\x41\x83\xfe\x01"
+                        rb"\x0f\x84(....)\x83\x21\xfd", re.S)
+_HPHYS_NEW = bytes.fromhex("e30b" "4183fe02" "740e" "8321fb" "6690")
+_HPHYS_DONE = re.compile(re.escape(_HPHYS_NEW) + rb"\x83\xe7\x02\x75\x0d\x41\x83\xfe\x01\x0f\x84", re.S)
+_hphys_patched = False
+
+
+def _uc_text_segments() -> list[tuple[int, int]]:
+    """The executable mappings of the loaded libunicorn."""
+    path = os.path.realpath(uclib._name)
+    out = []
+    with open("/proc/self/maps") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 6 and parts[1].startswith("r-x") and os.path.realpath(parts[5]) == path:
+                lo, hi = (int(x, 16) for x in parts[0].split("-"))
+                out.append((lo, hi))
+    return out
+
+
+def patch_get_hphys() -> None:
+    """Apply the get_hphys fix above once per process (~20 ms scan); EngineMismatch if the code is
+    not exactly the expected one."""
+    global _hphys_patched
+    if _hphys_patched:
+        return
+    hits, done = [], []
+    for lo, hi in _uc_text_segments():
+        text = ctypes.string_at(lo, hi - lo)
+        for m in _HPHYS_SIG.finditer(text):
+            t1 = m.start() + 10 + int.from_bytes(m.group(1), "little", signed=True)
+            t2 = m.start() + 28 + int.from_bytes(m.group(2), "little", signed=True)
+            if t1 == t2:
+                hits.append(lo + m.start())
+        done += [lo + m.start() for m in _HPHYS_DONE.finditer(text)]
+    if not hits and len(done) == 1:
+        _hphys_patched = True
+        return
+    if len(hits) != 1 or done:
+        raise EngineMismatch("unexpected Unicorn build (the get_hphys NX check to fix was not found exactly "
+                             "once); vtlvisor refuses to run")
+    addr = hits[0]
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    page = addr & ~0xFFF
+    size = ((addr + len(_HPHYS_NEW) + 0xFFF) & ~0xFFF) - page
+    if libc.mprotect(page, size, 7):           # PROT_READ | PROT_WRITE | PROT_EXEC while patching
+        raise EngineMismatch(f"cannot patch Unicorn's get_hphys: mprotect errno {ctypes.get_errno()}")
+    ctypes.memmove(addr, _HPHYS_NEW, len(_HPHYS_NEW))
+    if libc.mprotect(page, size, 5):           # back to PROT_READ | PROT_EXEC
+        raise EngineMismatch(f"cannot restore Unicorn's code protection: mprotect errno {ctypes.get_errno()}")
+    _hphys_patched = True
+
+
 def verify(uc: unicorn.Uc) -> Layout:
     """Check the Unicorn build and the CPUX86State layout with marker values; raise EngineMismatch.
 
@@ -202,6 +280,7 @@ def verify(uc: unicorn.Uc) -> Layout:
         raise EngineMismatch(
             f"unicorn {version} is installed but vtlvisor knows the internals of unicorn "
             f"{EXPECTED_UNICORN_VERSION} only; install unicorn=={EXPECTED_UNICORN_VERSION}")
+    patch_get_hphys()
     saved = {r: uc.reg_read(r) for r in (X.UC_X86_REG_RAX, X.UC_X86_REG_DR0, X.UC_X86_REG_RIP,
                                          X.UC_X86_REG_CR3, X.UC_X86_REG_R15, X.UC_X86_REG_FS_BASE,
                                          X.UC_X86_REG_GS_BASE, X.UC_X86_REG_XMM0, X.UC_X86_REG_XMM15,

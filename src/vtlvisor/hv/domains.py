@@ -443,45 +443,15 @@ class Domains:
         if fixed is not None:
             # a one-way grant cannot be changed
             raise HcError(EPERM, f"page {fixed << 12:#x} of domain {target.id} has an immutable grant")
-        # Unicorn's nested walk crashes the process when a guest page-table access faults in the NPT
-        # (docs/vsm.md): the target's current page-table pages keep full access, their grant recorded
-        keep = self._page_table_pages(target.id)
         entry = _npt_entry(0, perms)
-        full = _npt_entry(0, int(ALL_RWX))
         npt = target.npt
         for g in gpns:
             prot[g] = (perms, immutable)
             target.grantors[g] = self.current
-            e = full if g in keep else entry
-            npt.set(g << 12, (g << 12) | e if e else 0)
+            npt.set(g << 12, (g << 12) | entry if entry else 0)
         self.engine.flush_tlb()
         self.engine.flush_tb()
         return 0
-
-    def _page_table_pages(self, domain: int, limit: int = 4096) -> set[int]:
-        """GPNs of ``domain``'s current 4-level page-table hierarchy (bounded), as VSM keeps them."""
-        with self.viewing(domain):
-            cr3 = self.vcpu.reg("cr3")
-            paging = self.vcpu.reg("cr0") >> 31 & 1
-        if not paging:
-            return set()
-        mem = self.p.memory
-        out: set[int] = set()
-        level = [cr3 & 0x000FFFFFFFFFF000]
-        for depth in range(4):
-            nxt = []
-            for table in level:
-                if not mem.contains(table, 4096) or len(out) >= limit or table >> 12 in out:
-                    continue
-                out.add(table >> 12)
-                if depth == 3:
-                    continue
-                raw = memoryview(mem.read(table, 4096)).cast("Q")
-                for e in raw:
-                    if e & 1 and not (depth > 0 and e & 0x80):
-                        nxt.append(e & 0x000FFFFFFFFFF000)
-            level = nxt
-        return out
 
     def hc_intercept_set(self, vcpu: Vcpu, handle: int, source_handle: int, on: int, a3: int) -> int:
         cap = self.lookup(handle, CapType.INTERCEPT)

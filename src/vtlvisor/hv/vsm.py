@@ -209,7 +209,6 @@ class Vsm:
         self.vtls[0].npt = partition.npt
         self.active_vtl = 0
         self.partition_enabled: set[int] = {0}
-        self._pt_pages: set[int] = set()        # page-table pages of the VTL being protected
         self.hv = HyperV(self)
         self.switches = 0
         self.hv.handlers.update({
@@ -627,33 +626,6 @@ class Vsm:
             t.npt = self.p.build_npt()
         return t.npt
 
-    def page_table_pages(self, vtl: int, limit: int = 4096) -> set[int]:
-        """GPNs of VTL ``vtl``'s current 4-level page-table hierarchy (bounded).
-
-        Unicorn's nested walk crashes the process (SIGSEGV in get_hphys) when a *guest page-table*
-        access faults in the nested tables, so these pages keep full access in the NPT while their
-        protection is recorded (and enforced for hypervisor-side accesses). docs/vsm.md lists this."""
-        with self.viewing(vtl):
-            cr3 = self.vcpu.reg("cr3")
-        mem = self.p.memory
-        out: set[int] = set()
-        level = [cr3 & 0x000FFFFFFFFFF000]
-        for depth in range(4):
-            nxt = []
-            for table in level:
-                if not mem.contains(table, 4096) or len(out) >= limit:
-                    continue
-                out.add(table >> 12)
-                if depth == 3:
-                    continue
-                raw = mem.read(table, 4096)
-                for i in range(512):
-                    e = int.from_bytes(raw[8 * i:8 * i + 8], "little")
-                    if e & 1 and not (depth > 0 and e & 0x80):
-                        nxt.append(e & 0x000FFFFFFFFFF000)
-            level = nxt
-        return out
-
     @staticmethod
     def _roots(t: VtlContext) -> list[tuple[NestedPageTable, bool]]:
         """The roots of a VTL with their kind (False: kernel-mode / only root, True: user-mode)."""
@@ -665,8 +637,6 @@ class Vsm:
     def set_protection(self, vtl: int, gpn: int, flags: int) -> None:
         t = self.vtls[vtl]
         t.protections[gpn] = flags
-        if gpn in self._pt_pages:
-            flags = ALL_ACCESS            # see page_table_pages: never fault the engine's own walk
         for npt, user in self._roots(t):
             npt.set(gpn << 12, npt_entry(gpn << 12, flags, user))
 
@@ -689,8 +659,6 @@ class Vsm:
                 npt.set(gpa, 0)
         for gpn, f in t.protections.items():
             npt.set(gpn << 12, npt_entry(gpn << 12, f, user))
-        for gpn in self.page_table_pages(vtl):
-            npt.set(gpn << 12, npt_entry(gpn << 12, ALL_ACCESS, user))
 
     def refresh_mbec(self, vtl: int) -> None:
         """Recompute whether MBEC governs VTL ``vtl`` (a higher VTL enabled for MBEC on the partition
@@ -704,7 +672,6 @@ class Vsm:
             self._ensure_npt(vtl)
             t.npt_user = self.p.build_npt()
             if t.protections or t.default_mask != ALL_ACCESS:
-                self._pt_pages = self.page_table_pages(vtl)
                 self._fill_root(vtl, t.npt_user, True)
             self.flush_after_protection_change()
         t.mbec = on
@@ -827,7 +794,6 @@ class Vsm:
             return HvStatus.HV_STATUS_INVALID_PARAMETER, 0, b""
         elems = call.data[16:]
         done = 0
-        self._pt_pages = self.page_table_pages(target)
         for i in range(call.rep_start, call.rep_count):
             if 8 * (i + 1) > len(elems):
                 raise HypercallError(HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT, done)
