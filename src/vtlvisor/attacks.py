@@ -59,6 +59,7 @@ class Row:
     protection: str
     without: RunOutcome
     with_: RunOutcome
+    expect: str = ""
 
     @property
     def ok(self) -> bool:
@@ -149,18 +150,27 @@ def run_matrix(only: str | None = None, trace_dir: str | None = None, jobs: int 
             results[(a.name, w)] = res
             if progress:
                 progress(f"{a.name:<14} {'with' if w else 'without':<8} {res.outcome}")
-    return [Row(a.name, a.protection, results[(a.name, False)], results[(a.name, True)]) for a in attacks]
+    return [Row(a.name, a.protection, results[(a.name, False)], results[(a.name, True)], a.expect) for a in attacks]
+
+
+def _clip(text: str, n: int) -> str:
+    return text if len(text) <= n else text[:n - 1] + "…"
 
 
 def format_table(rows: list[Row]) -> str:
-    head = f"{'attack':<14} {'protection':<32} {'without':<10} {'with':<9} {'ok':<3} evidence"
+    """One line per attack (outcome both ways), then what blocked it (the hypervisor's evidence line the
+    row expects, else the first one, else the guest's) and the guest's own verdict line."""
+    wa = max([len("attack")] + [len(r.attack) for r in rows])
+    head = f"{'attack':<{wa}}  {'protection':<44}  {'without':<9}  {'with':<9}  ok"
     lines = [head, "-" * len(head)]
     for r in rows:
-        ev = (r.with_.evidence[0] if r.with_.evidence
-              else f"(guest) {r.with_.guest_evidence[0].strip()}" if r.with_.guest_evidence else "-")
-        lines.append(f"{r.attack:<14} {r.protection:<32} {r.without.outcome:<10} {r.with_.outcome:<9} "
-                     f"{'yes' if r.ok else 'NO':<3} {ev}")
-        lines.append(f"{'':<14} {'':<32} guest: {r.with_.line}")
+        ev = r.with_.evidence
+        hit = [e for e in ev if r.expect and re.search(r.expect, e)]
+        shown = (hit or ev or [f"(guest) {g.strip()}" for g in r.with_.guest_evidence] or ["-"])[0]
+        lines.append(f"{r.attack:<{wa}}  {_clip(r.protection, 44):<44}  {r.without.outcome:<9}  "
+                     f"{r.with_.outcome:<9}  {'yes' if r.ok else 'NO'}")
+        lines.append(f"{'':<{wa}}  blocked by: {_clip(shown, 150)}")
+        lines.append(f"{'':<{wa}}  guest:      {_clip(r.with_.line, 150)}")
     passed = sum(r.ok for r in rows)
     lines.append(f"{passed} of {len(rows)} attacks succeed without their protection and are blocked with it")
     return "\n".join(lines)

@@ -144,10 +144,6 @@ long sk_load_kdata(u64 gpa, u64 *out)
         if (hvpage > 0)
             sk_protect(bp.hvcall_page, 1, RX, "hvcall");
         sk_protect(bp.kernsig, 1, R, "kernsig");
-        /* vtlvisor workaround: its nested walk checks execute permission on the guest's page-table pages
-         * for instruction fetches (and the NPF crashes the engine), so they stay R+W+X (docs/guest.md) */
-        sk_protect(bp.pt_pool_start, PAGES(bp.pt_pool_start, bp.pt_pool_end), RW | HV_MAP_GPA_EXECUTABLE,
-                   "vtl0 page tables");
         /* everything else VTL0 owns: readable and writable, never executable */
         int st = sk_set_default_protection(RW);
         if (st) {
@@ -156,7 +152,7 @@ long sk_load_kdata(u64 gpa, u64 *out)
         }
         sk_armed |= VBS_F_HVCI;
         SK_LOG("hvci: kernel signature ok (Ed25519, 0x%lx bytes); text 0x%lx-0x%lx R+X, rodata 0x%lx-0x%lx R, "
-               "all other VTL0 memory RW+NX (default mask) except page tables 0x%lx-0x%lx RWX (workaround)\n",
+               "all other VTL0 memory RW+NX (default mask), page tables 0x%lx-0x%lx included\n",
                e - s, s, t - 1, t, e - 1, bp.pt_pool_start, bp.pt_pool_end - 1);
     }
     if (sk_requested & VBS_F_KCFG) {

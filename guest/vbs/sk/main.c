@@ -202,8 +202,12 @@ static long svc_cred_hmac(u64 gpa, u64 len, u64 out[4])
     static u8 chal[4096];
     if (!(sk_armed & VBS_F_CREDGUARD))
         return -VBS_ENOSYS;
-    if (len == 0 || len > sizeof(chal) || !vtl0_range_ok(gpa, len))
+    if (len == 0 || len > sizeof(chal))
         return -VBS_EINVAL;
+    if (!vtl0_range_ok(gpa, len)) { /* a confused-deputy attempt: a buffer in VTL1's own memory */
+        SK_LOG("cred: refused a challenge buffer at GPA 0x%lx (+0x%lx) outside VTL0 memory\n", gpa, len);
+        return -VBS_EINVAL;
+    }
     memcpy(chal, (const void *)gpa, len);
     u8 mac[32];
     hmac_sha256((const u8 *)sk_cred_key, 32, chal, len, mac);
