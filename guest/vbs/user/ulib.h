@@ -66,7 +66,7 @@ struct uattack { /* 16 bytes, 16-aligned: an array between __uattacks_start/_end
 #define UATTACK(n, f) \
     static const struct uattack __uattack_##f __attribute__((used, aligned(16), section(".uattacks"))) = {n, f}
 
-/* ---- families 10-11 (docs/attacks/secret-undo.md): kernel calls with several arguments, kernel
+/* ---- families 10-11 (docs/attacks.md): kernel calls with several arguments, kernel
  * buffers, hypercalls through the kernel's hypercall page ---- */
 long kcall3(u64 target, u64 a0, u64 a1, u64 a2);                           /* VULNDRV_CALL6 */
 long kcall6(u64 target, u64 a0, u64 a1, u64 a2, u64 a3, u64 a4, u64 a5);

@@ -44,7 +44,7 @@ KSYM(kcfg_blocked);
 KSYM(kprintf);
 KSYM(sys_vulndrv);
 
-/* families 1-5 (docs/attacks/cr-msr-desc.md): MSR and descriptor-table gadgets, a text cave */
+/* families 1-5 (docs/attacks.md): MSR and descriptor-table gadgets, a text cave */
 extern char gadget_wrmsr[], gadget_rdmsr[], gadget_lidt[], gadget_lgdt[], gadget_iretq[], gadget_read_cr0[];
 KSYM(gadget_wrmsr);
 KSYM(gadget_rdmsr);
@@ -54,7 +54,7 @@ KSYM(gadget_iretq);
 KSYM(gadget_read_cr0);
 KSYM(run_checks);
 
-/* families 6-9 (docs/attacks/inject-patch-module-data.md): injection targets (a .bss buffer, the
+/* families 6-9 (docs/attacks.md): injection targets (a .bss buffer, the
  * system-call stack), the file table size (module planting), a kCFG non-target gadget */
 extern char gadget_read_mem[];
 KSYM(kallsyms_text);
@@ -63,7 +63,7 @@ KSYM(syscall_kstack_top);
 KSYM(n_files);
 KSYM(gadget_read_mem);
 
-/* families 10-11 (docs/attacks/secret-undo.md): kernel functions a ROP chain calls with several
+/* families 10-11 (docs/attacks.md): kernel functions a ROP chain calls with several
  * arguments (VULNDRV_CALL6), the VTL-call stub pointer, ROP gadgets, a text-patch victim */
 extern u64 vtl_call_stub;
 extern char gadget_pop_rdi_rsi_rdx[], text_victim[];

@@ -31,7 +31,7 @@ long sys_vulndrv(struct trapframe *tf)
         }
         return (long)((u64(*)(u64))a)(b); /* kCFG-checked above: the process dies on an invalid target */
     case VULNDRV_CALL6: {
-        /* (docs/attacks/secret-undo.md) the arguments come from a user array, as a ROP chain stages them */
+        /* (docs/attacks.md) the arguments come from a user array, as a ROP chain stages them */
         u64 v[6];
         if (!user_range_ok(b, sizeof(v)))
             return -EFAULT;

@@ -1,5 +1,5 @@
 /*
- * Descriptor-table attacks (docs/attacks/cr-msr-desc.md, families 4 and 5):
+ * Descriptor-table attacks (docs/attacks.md, families 4 and 5):
  *  - leak-*: read the kernel's descriptor-table registers from ring 3 (SIDT, SGDT, SLDT, STR), the
  *    kernel address leak that starts many exploit chains (and the "Red Pill" VM detection).  Stopped by
  *    CR4.UMIP and by Hyper-V's NPIEP, both of which make these instructions #GP at CPL > 0.

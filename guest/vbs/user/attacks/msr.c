@@ -1,5 +1,5 @@
 /*
- * MSR attacks (docs/attacks/cr-msr-desc.md, family 5): a ring-0 attacker rewrites the MSRs HyperGuard
+ * MSR attacks (docs/attacks.md, family 5): a ring-0 attacker rewrites the MSRs HyperGuard
  * locks.  The vulnerable driver's controlled call reaches kernel gadgets (guest/lib/gadgets.S:
  * gadget_wrmsr takes its operands from memory, gadget_rdmsr returns an MSR); code the attacker needs in
  * ring 0 is written into a kernel-text "cave" through the physmap alias (possible only with HVCI off,

@@ -1,5 +1,5 @@
 /*
- * Family 10 (docs/attacks/secret-undo.md): steal the credential key.
+ * Family 10 (docs/attacks.md): steal the credential key.
  *
  * With credential isolation (credguard=on, the default) the key exists only in VTL1's .secret page;
  * the VTL0 kernel asks VTL1 for HMAC-SHA256(key, challenge) (VBS_CALL_CRED_HMAC, SYS_CRED_HMAC for
@@ -10,108 +10,8 @@
  * HMAC-SHA256(stolen key, challenge) in ring 3, which must equal what the credential service answers.
  */
 #include "lib/hyperv.h"
+#include "lib/sha256.h" /* guest/lib/sha256.c, linked into the attack programs */
 #include "vbs/user/ulib.h"
-
-/* ---- SHA-256 / HMAC-SHA256 (FIPS 180-4, RFC 2104), small and slow: ring 3 has no kernel library ---- */
-struct sha256_ctx {
-    u32 h[8];
-    u8 buf[64];
-    u64 len;
-};
-
-static const u32 sha256_k[64] = {
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98,
-    0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786,
-    0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8,
-    0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13,
-    0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819,
-    0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a,
-    0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
-    0xc67178f2};
-
-static u32 ror(u32 x, int n) { return (x >> n) | (x << (32 - n)); }
-
-static void sha256_block(struct sha256_ctx *c, const u8 *p)
-{
-    u32 w[64], s[8];
-    for (int i = 0; i < 16; i++)
-        w[i] = (u32)p[4 * i] << 24 | (u32)p[4 * i + 1] << 16 | (u32)p[4 * i + 2] << 8 | p[4 * i + 3];
-    for (int i = 16; i < 64; i++)
-        w[i] = w[i - 16] + (ror(w[i - 15], 7) ^ ror(w[i - 15], 18) ^ (w[i - 15] >> 3)) + w[i - 7] +
-               (ror(w[i - 2], 17) ^ ror(w[i - 2], 19) ^ (w[i - 2] >> 10));
-    memcpy(s, c->h, sizeof(s));
-    for (int i = 0; i < 64; i++) {
-        u32 t1 = s[7] + (ror(s[4], 6) ^ ror(s[4], 11) ^ ror(s[4], 25)) + ((s[4] & s[5]) ^ (~s[4] & s[6])) +
-                 sha256_k[i] + w[i];
-        u32 t2 = (ror(s[0], 2) ^ ror(s[0], 13) ^ ror(s[0], 22)) + ((s[0] & s[1]) ^ (s[0] & s[2]) ^ (s[1] & s[2]));
-        for (int j = 7; j > 0; j--)
-            s[j] = s[j - 1];
-        s[4] += t1;
-        s[0] = t1 + t2;
-    }
-    for (int i = 0; i < 8; i++)
-        c->h[i] += s[i];
-}
-
-static void sha256_init(struct sha256_ctx *c)
-{
-    static const u32 iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
-                              0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
-    memcpy(c->h, iv, sizeof(iv));
-    c->len = 0;
-}
-
-static void sha256_update(struct sha256_ctx *c, const u8 *p, u64 n)
-{
-    while (n--) {
-        c->buf[c->len++ % 64] = *p++;
-        if (c->len % 64 == 0)
-            sha256_block(c, c->buf);
-    }
-}
-
-static void sha256_final(struct sha256_ctx *c, u8 out[32])
-{
-    u64 bits = c->len * 8;
-    u8 pad = 0x80;
-    sha256_update(c, &pad, 1);
-    pad = 0;
-    while (c->len % 64 != 56)
-        sha256_update(c, &pad, 1);
-    for (int i = 7; i >= 0; i--) {
-        u8 b = (u8)(bits >> (8 * i));
-        sha256_update(c, &b, 1);
-    }
-    for (int i = 0; i < 8; i++)
-        for (int j = 0; j < 4; j++)
-            out[4 * i + j] = (u8)(c->h[i] >> (24 - 8 * j));
-}
-
-static void hmac_sha256_u(const u8 *key, u64 klen, const u8 *msg, u64 n, u8 out[32])
-{
-    u8 k[64], pad[64], inner[32];
-    struct sha256_ctx c;
-    memset(k, 0, sizeof(k));
-    if (klen > 64) {
-        sha256_init(&c);
-        sha256_update(&c, key, klen);
-        sha256_final(&c, k);
-    } else {
-        memcpy(k, key, klen);
-    }
-    for (int i = 0; i < 64; i++)
-        pad[i] = k[i] ^ 0x36;
-    sha256_init(&c);
-    sha256_update(&c, pad, 64);
-    sha256_update(&c, msg, n);
-    sha256_final(&c, inner);
-    for (int i = 0; i < 64; i++)
-        pad[i] = k[i] ^ 0x5c;
-    sha256_init(&c);
-    sha256_update(&c, pad, 64);
-    sha256_update(&c, inner, 32);
-    sha256_final(&c, out);
-}
 
 /* ---- common steps ---- */
 #define KEY_LEN 32
@@ -167,7 +67,7 @@ static NORETURN void prove_and_report(const u8 key[KEY_LEN], const char *how)
     long r = usys(SYS_CRED_HMAC, (u64)chal, sizeof(chal), (u64)theirs);
     if (r)
         attack_error("SYS_CRED_HMAC failed: %ld", r);
-    hmac_sha256_u(key, KEY_LEN, chal, sizeof(chal), mine);
+    hmac_sha256(key, KEY_LEN, chal, sizeof(chal), mine);
     char kh[2 * KEY_LEN + 1], mh[65];
     hex(kh, key, KEY_LEN);
     hex(mh, theirs, 32);
@@ -209,7 +109,7 @@ UATTACK("steal-read", attack_steal_read);
  * reached with the driver's call.  With credential isolation the service is VTL1, which refuses any
  * buffer outside VTL0's RAM or inside its own region (sk/main.c vtl0_range_ok): -EINVAL.
  * That refusal is VTL1 software the hypervisor never sees: the row's evidence is the status VTL1
- * returned, as this program reports it ("expect_guest"; docs/attacks/secret-undo.md).
+ * returned, as this program reports it ("expect_guest"; docs/attacks.md).
  */
 static int attack_steal_deputy(const char *args)
 {

@@ -1,5 +1,5 @@
 /*
- * The TCB comparison (docs/attacks/tcb.md, issue 7): what a compromise of the *secure side* is worth in
+ * The TCB comparison (docs/attacks.md, issue 7): what a compromise of the *secure side* is worth in
  * each design.  The attacker has the kernel (the vulnerable driver, as every attack here) and also a bug
  * in one secure service (the deliberately vulnerable service of guest/vbs/sk/vulnsk.c, enabled only by
  * the word "vulnsk", "vulnsk=<domain>" in the domains design): arbitrary reads and writes inside that

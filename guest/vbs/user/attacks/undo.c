@@ -1,5 +1,5 @@
 /*
- * Family 11 (docs/attacks/secret-undo.md): undo the protections instead of fighting them.  The attacker
+ * Family 11 (docs/attacks.md): undo the protections instead of fighting them.  The attacker
  * has kernel code execution (the vulnerable driver's call, kcfg=off in both runs) and uses the very
  * interfaces that armed the protections: the KVM CR-pin MSRs, the VSM enable hypercalls, the VSM
  * partition configuration, ModifyVtlProtectionMask, and the VTL call itself from ring 3.  Each program
@@ -293,7 +293,7 @@ UATTACK("modify-protection-self", attack_modify_protection_self);
  * Success would be VTL1's answer (RAX = 0, R9 = the VTL1 region base).  Hypercalls, VtlCall included,
  * are for CPL 0 only (TLFS: a hypercall from CPL > 0 raises #UD): the hypervisor injects #UD and the
  * kernel kills the process.  There is no honest "without" run (no design lets ring 3 enter VTL1 by
- * itself): it is not a matrix row; see docs/attacks/secret-undo.md.
+ * itself): it is not a matrix row; see docs/attacks.md.
  */
 static int attack_vtlcall_ring3(const char *args)
 {
