@@ -247,11 +247,9 @@ def test_syscall_sysret_int_iret_exceptions_and_interrupts_switch_roots():
     assert r.exit_status == 1, g.part.vcpu.state_dump()
     assert [g.u64(ST + 8 * i) & 0xFFFF for i in range(3)] == [0, 0, 0]
     counts = [g.u64(c) for c in (CNT_SYS, CNT_INT, CNT_BP, CNT_DE)]
-    # Exact, except that a timer kick can land inside a handler's `inc [mem]` and Unicorn may then run a
-    # completed instruction again or lose one (Unicorn issue #1355; pinned by
-    # tests/core/test_async_stops.py::test_timer_kicks_never_repeat_a_read_modify_write_instruction).
-    # A missed root switch would not miscount: it is a GpaIntercept and the checks above fail.
-    assert all(19 <= c <= 21 for c in counts) and counts.count(20) >= 3, counts
+    # Exact: timer kicks stop the engine only at instruction boundaries (Unicorn issue #1355 is patched, see
+    # tests/core/test_async_stops.py). A missed root switch would be a GpaIntercept and fail the checks above.
+    assert counts == [20, 20, 20, 20], counts
     assert g.u64(TICKS) > 0                                            # timer interrupts hit ring 3 too
     assert [(e[0], e[3]) for e in g.log()] == [(UD, 0x2B)]             # only the final ud2: no #GP
     mb = g.part.vsm.mbec

@@ -324,7 +324,8 @@ class Engine:
         return None
 
     def stop(self) -> None:
-        """Thread-safe: make ``run`` return as soon as possible."""
+        """Thread-safe: make ``run`` return as soon as possible, at an instruction boundary with exact
+        state (the next translation-block start or code hook: ``unicorn_internals.patch_exit_checks``)."""
         self.uc.emu_stop()
 
     # ------------------------------------------------------------------ registers
@@ -612,9 +613,10 @@ class Engine:
     def add_mem_hook(self, cb: Callable[[bool, int, int, int], None], begin: int, end: int, *,
                      read: bool = False, write: bool = False) -> int:
         """Data accesses by guest instructions whose guest-virtual start address lies in [begin, end]:
-        ``cb(is_write, va, size, value)`` runs *before* the access. (Used for gdb watchpoints.) Do not
-        stop the engine from ``cb``: Unicorn then restarts the instruction and the access never
-        completes. Record the hit and stop at the next instruction boundary instead (a code hook).
+        ``cb(is_write, va, size, value)`` runs *before* the access. (Used for gdb watchpoints.) A stop
+        from ``cb`` takes effect only at the next translation-block start or code hook (the access and
+        its instruction complete; ``unicorn_internals.patch_exit_checks``): to stop right after the
+        instruction, record the hit and stop from a code hook.
         Accesses the hypervisor makes through GuestMemory are not seen. Remove with ``del_hook``."""
         types = (ucc.UC_HOOK_MEM_READ if read else 0) | (ucc.UC_HOOK_MEM_WRITE if write else 0)
         if not types:

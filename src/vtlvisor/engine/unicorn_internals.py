@@ -256,17 +256,170 @@ def patch_get_hphys() -> None:
     if len(hits) != 1 or done:
         raise EngineMismatch("unexpected Unicorn build (the get_hphys NX check to fix was not found exactly "
                              "once); vtlvisor refuses to run")
-    addr = hits[0]
+    _write_code(hits[0], _HPHYS_NEW, "get_hphys")
+    _hphys_patched = True
+
+
+def _write_code(addr: int, new: bytes, what: str) -> None:
+    """Overwrite ``len(new)`` bytes of libunicorn's code at ``addr`` (made writable for the write)."""
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     page = addr & ~0xFFF
-    size = ((addr + len(_HPHYS_NEW) + 0xFFF) & ~0xFFF) - page
+    size = ((addr + len(new) + 0xFFF) & ~0xFFF) - page
     if libc.mprotect(page, size, 7):           # PROT_READ | PROT_WRITE | PROT_EXEC while patching
-        raise EngineMismatch(f"cannot patch Unicorn's get_hphys: mprotect errno {ctypes.get_errno()}")
-    ctypes.memmove(addr, _HPHYS_NEW, len(_HPHYS_NEW))
+        raise EngineMismatch(f"cannot patch Unicorn's {what}: mprotect errno {ctypes.get_errno()}")
+    ctypes.memmove(addr, new, len(new))
     if libc.mprotect(page, size, 5):           # back to PROT_READ | PROT_EXEC
         raise EngineMismatch(f"cannot restore Unicorn's code protection: mprotect errno {ctypes.get_errno()}")
-    _hphys_patched = True
+
+
+# ---------------------------------------------------------------------------------------------
+# A fix to the engine's code: precise asynchronous stops (Unicorn issue #1355).
+#
+# uc_emu_stop() (from any thread) sets uc->stop_request and calls cpu_exit(), which makes
+# cpu->icount_decr negative. Translated code tests that in HELPER(check_exit_request)
+# (accel/tcg/tcg-runtime.c), which calls cpu_loop_exit_restore(cpu, GETPC()): the guest state is
+# restored to the start of the guest instruction whose code made the call. Unicorn emits that call
+# (1) at every TB start (gen_tb_start, exact: nothing of the TB has run), (2) after a UC_HOOK_CODE
+# callback, before the instruction's own code (exact), and (3) after *every guest memory access*
+# (tcg-op.c: tcg_gen_qemu_{ld,st}_{i32,i64} end with check_exit_request()). (3) is the bug: when the
+# request arrives while an instruction is between its store and its end (`inc [m]`: load, add,
+# store, flags), the exit keeps the store and rewinds RIP to the instruction, so resuming runs it
+# again (measured under gdb: the exit comes from the call right after the inlined store fast path).
+# Every asynchronous kick is cut the same way, whatever raises it (cpu_exit or cpu_interrupt both
+# set icount_decr), so an INTR-intercept kick would not help by itself.
+#
+# Unicorn needs (3) for nothing we use: an invalid or protected access leaves through its own
+# cpu_loop_exit_restore inside the load/store helper (before the store), and VM exits, #PF and NPF
+# are raised as exceptions at the instruction. We drop (3): the four generators end with a tail call
+#     48 89 ef       mov  %rbp,%rdi           ; tcg_ctx
+#     5d             pop  %rbp
+#     e9 <rel32>     jmp  check_exit_request_x86_64@plt
+# whose jmp becomes `ret; nopl 0(%rax)` (c3 0f 1f 40 00). Stops then take effect at the next TB
+# start (at most one TB later, before any of it runs) or at the next code hook, exactly at an
+# instruction boundary. A memory hook or MMIO callback that stops the engine now stops it after the
+# instruction instead of restarting it. Each generator must match byte for byte (displacements
+# aside), all four must tail-call the same PLT stub, and that stub must belong to
+# check_exit_request_x86_64, or vtlvisor refuses to run.
+_EXIT_CHECK_FUNCS = {
+    "tcg_gen_qemu_ld_i32_x86_64": "4489c0554889fd83e00383f802744183f8030f84....89cf85c075064183e0f789cf"
+                                  "41c1e004488d4c1500488d543500be850000004109f84889efe8....4889ef5d",
+    "tcg_gen_qemu_st_i32_x86_64": "554889fd4489c74489c083e70383ff02744683ff030f84....4189c885ff750683e0f7"
+                                  "4189c8c1e004488d4c1500488d5435004889ef83e0b0be860000004109c0e8....4889ef5d",
+    "tcg_gen_qemu_ld_i64_x86_64": "4489c0554989c94889fd83e0f741f6c003488d0c17440f44c0488d1437be87000000"
+                                  "41c1e0044509c8e8....4889ef5d",
+    "tcg_gen_qemu_st_i64_x86_64": "4489c0554989c94889fd83e0f741f6c003488d0c17440f44c0488d1437be88000000"
+                                  "41c1e0044183e0b04509c8e8....4889ef5d",
+}
+_TAIL_JMP = 0xE9
+_TAIL_RET = bytes.fromhex("c30f1f4000")      # ret; nopl 0x0(%rax)
+_exit_checks_patched = False
+
+
+def _hex_pattern(hexstr: str) -> re.Pattern[bytes]:
+    """A byte regex from hex digits where "...." stands for one 4-byte displacement."""
+    parts = hexstr.split("....")
+    return re.compile(b"(....)".join(re.escape(bytes.fromhex(p)) for p in parts), re.S)
+
+
+def _symbol(name: str) -> int:
+    try:
+        return ctypes.cast(getattr(uclib, name), ctypes.c_void_p).value or 0
+    except AttributeError:
+        return 0
+
+
+def patch_exit_checks() -> None:
+    """Apply the precise-stop fix above once per process; EngineMismatch if the code is not exactly
+    the expected one."""
+    global _exit_checks_patched
+    if _exit_checks_patched:
+        return
+    target = _symbol("check_exit_request_x86_64")
+    if not target:
+        raise EngineMismatch("unexpected Unicorn build (no check_exit_request_x86_64); vtlvisor refuses to run")
+    sites, stubs, done = [], set(), 0
+    for name, hexstr in _EXIT_CHECK_FUNCS.items():
+        fn = _symbol(name)
+        pat = _hex_pattern(hexstr)
+        size = len(hexstr.replace("....", "")) // 2 + 4 * hexstr.count("....") + 5
+        code = ctypes.string_at(fn, size) if fn else b""
+        m = pat.match(code)
+        if m is None:
+            raise EngineMismatch(f"unexpected Unicorn build ({name} is not the expected code); "
+                                 "vtlvisor refuses to run")
+        site = fn + m.end()
+        tail = code[m.end():m.end() + 5]
+        if tail == _TAIL_RET:
+            done += 1
+            continue
+        if tail[0] != _TAIL_JMP:
+            raise EngineMismatch(f"unexpected Unicorn build ({name} does not end in a tail call); "
+                                 "vtlvisor refuses to run")
+        stubs.add(site + 5 + int.from_bytes(tail[1:], "little", signed=True))
+        sites.append(site)
+    if done == len(_EXIT_CHECK_FUNCS):
+        _exit_checks_patched = True
+        return
+    if done or len(stubs) != 1:
+        raise EngineMismatch("unexpected Unicorn build (the memory-access exit checks to remove are not one "
+                             "call site each); vtlvisor refuses to run")
+    (stub,) = stubs
+    if stub != target:
+        # a lazy-binding PLT stub: jmp *GOT(%rip); push $index; jmp PLT0, with the GOT slot holding
+        # the resolved function or, before the first call, the stub's own push
+        head = ctypes.string_at(stub, 16)
+        got = stub + 6 + int.from_bytes(head[2:6], "little", signed=True) if head[:2] == b"\xff\x25" else 0
+        slot = ctypes.c_uint64.from_address(got).value if got else 0
+        if head[6:7] != b"\x68" or head[11:12] != b"\xe9" or slot not in (target, stub + 6):
+            raise EngineMismatch("unexpected Unicorn build (the memory-access exit check does not call "
+                                 "check_exit_request_x86_64); vtlvisor refuses to run")
+    for site in sites:
+        _write_code(site, _TAIL_RET, "memory-access exit checks")
+    _exit_checks_patched = True
+
+
+# ---------------------------------------------------------------------------------------------
+# The same issue, second face: helper_syscall / helper_sysenter (target/i386/seg_helper.c) walk every
+# UC_HOOK_INSN hook and, after each one, *matching or not*, `if (uc->stop_request) break;`. With a stop
+# already pending (a kick that has not reached the next TB start yet) the walk ends at the first hook in
+# the list, our IN hook, so the SYSCALL/SYSENTER hook never runs, yet RIP advances past the instruction:
+# the guest loses a system call. The compiled loop (insn id 0x2bb SYSCALL / 0x2bc SYSENTER):
+#     +0x40  80 bf 6d 05 00 00 00   cmpb $0,0x56d(%rdi)        ; uc->stop_request, after a non-matching hook
+#     +0x47  75 77                  jne  done                   ; <- becomes 66 90 (nop)
+#     +0x49  48 8b 6d 00 ...        next hook ...
+#     +0x78  81 7b 04 <id> 75 bf    cmpl $id,0x4(%rbx); jne +0x40
+# The break after a *matching* hook (our callback has run) stays.
+_INSN_LOOP_FUNCS = {"helper_syscall_x86_64": 0x2BB, "helper_sysenter_x86_64": 0x2BC}
+_INSN_LOOP_SIG = ("80bf6d05000000{jcc}488b6d004885ed746e488b5d084885db746580 7b140075e8488b4318488b53204839c8"
+                  "77054839d176054839d076d1817b04{id}75bf").replace(" ", "")
+_insn_loops_patched = False
+
+
+def patch_insn_hook_loops() -> None:
+    """Apply the SYSCALL/SYSENTER hook-walk fix above once per process; EngineMismatch if the code is not
+    exactly the expected one."""
+    global _insn_loops_patched
+    if _insn_loops_patched:
+        return
+    todo, done = [], 0
+    for name, insn in _INSN_LOOP_FUNCS.items():
+        fn = _symbol(name)
+        idhex = insn.to_bytes(4, "little").hex()
+        code = ctypes.string_at(fn + 0x40, 0x41) if fn else b""
+        if code == bytes.fromhex(_INSN_LOOP_SIG.format(jcc="7577", id=idhex)):
+            todo.append(fn + 0x47)
+        elif code == bytes.fromhex(_INSN_LOOP_SIG.format(jcc="6690", id=idhex)):
+            done += 1
+        else:
+            raise EngineMismatch(f"unexpected Unicorn build ({name} is not the expected code); "
+                                 "vtlvisor refuses to run")
+    if done and todo:
+        raise EngineMismatch("unexpected Unicorn build (SYSCALL/SYSENTER hook walks half patched); "
+                             "vtlvisor refuses to run")
+    for site in todo:
+        _write_code(site, b"\x66\x90", "SYSCALL/SYSENTER hook walk")
+    _insn_loops_patched = True
 
 
 def verify(uc: unicorn.Uc) -> Layout:
@@ -281,6 +434,8 @@ def verify(uc: unicorn.Uc) -> Layout:
             f"unicorn {version} is installed but vtlvisor knows the internals of unicorn "
             f"{EXPECTED_UNICORN_VERSION} only; install unicorn=={EXPECTED_UNICORN_VERSION}")
     patch_get_hphys()
+    patch_exit_checks()
+    patch_insn_hook_loops()
     saved = {r: uc.reg_read(r) for r in (X.UC_X86_REG_RAX, X.UC_X86_REG_DR0, X.UC_X86_REG_RIP,
                                          X.UC_X86_REG_CR3, X.UC_X86_REG_R15, X.UC_X86_REG_FS_BASE,
                                          X.UC_X86_REG_GS_BASE, X.UC_X86_REG_XMM0, X.UC_X86_REG_XMM15,

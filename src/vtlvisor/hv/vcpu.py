@@ -150,6 +150,8 @@ class Vcpu:
         self._kicked = threading.Event()
         self._running = False
         self._wall_deadline: float | None = None
+        #: virtual time of the last guest entry (``_before_entry``): the blocked-interrupt retry counts from it
+        self._entry_ns = 0
         self._handlers: dict[int, Callable[[int], None]] = self._build_table()
         engine.on_exit(self._on_intr)
         engine.on_io(self._on_io_in, self._on_io_out)
@@ -827,7 +829,9 @@ class Vcpu:
             except TripleFault as tf:
                 self._shutdown(StopReason.TRIPLE_FAULT, str(tf))
                 return
-        self.lapic.poll(self.clock.now())
+        now = self.clock.now()
+        self._entry_ns = now
+        self.lapic.poll(now)
         try:
             self._deliver_interrupt()
         except TripleFault as tf:
@@ -854,7 +858,9 @@ class Vcpu:
     def _next_kick_ns(self) -> int | None:
         t = self.lapic.next_deadline()
         if self.lapic.pending_vector() is not None:
-            poll = self.clock.now() + IRQ_POLL_NS
+            # retry 50 us after the last entry (not after "now": a deadline recomputed from the
+            # current time on every kicker pass would never be reached)
+            poll = self._entry_ns + IRQ_POLL_NS
             t = poll if t is None else min(t, poll)
         return t
 
