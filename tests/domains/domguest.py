@@ -6,7 +6,7 @@ Boot domain handle slots (default policy): 0 self, 1 MEMORY all RAM (RWX|IMMUTAB
 A created domain's own table starts with slot 0 = itself.
 """
 
-from asmguest import AsmGuest
+from asmguest import RESUME, SCRATCH, AsmGuest
 
 from vtlvisor.abi.domains import DomainHypercall as H
 
@@ -15,6 +15,10 @@ D2_CODE, D2_STACK = 0x1C0000, 0x1E0000
 SELF, MEM, CREATE, I_CR0, I_CR4, I_MSR, I_DTR, PIN_CR0, PIN_CR4, I_MEM = range(10)
 D1H, D2H = 10, 11
 M64 = (1 << 64) - 1
+GP = 13                                   # the #GP vector
+S = SCRATCH
+R, W, X, IMM, DEL = 1, 2, 4, 8, 0x100     # CapRights bits of a MEMORY capability
+PAGE_A = 0x60000
 
 
 def kvm(nr: int, a0: int = 0, a1: int = 0, a2: int = 0, a3: int = 0, slot: int | None = None) -> str:
@@ -35,6 +39,14 @@ def call(handle_reg_or_val) -> str:
 
 def neg(errno: int) -> int:
     return (-errno) & M64
+
+
+def resume(label: str) -> str:
+    """Set the harness's #GP resume address (asmguest RESUME) to `label`."""
+    return f"lea rax, [rip + {label}]\nmov r14, {RESUME:#x}\nmov [r14], rax\n"
+
+
+CREATE_D1 = kvm(H.DOMAIN_CREATE, D1_CODE, D1_STACK, slot=S)          # -> handle D1H (10)
 
 
 class DomGuest(AsmGuest):

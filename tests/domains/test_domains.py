@@ -2,22 +2,32 @@
 attenuation, recursive revocation, forged and stale handles, intercepts, pins, and the TCB comparison."""
 
 import pytest
-from asmguest import RESUME, SCRATCH
+from asmguest import RESUME
 from domguest import (
+    CREATE_D1,
     D1_CODE,
     D1_STACK,
     D1H,
     D2_CODE,
     D2_STACK,
     D2H,
+    DEL,
+    GP,
     I_CR4,
+    IMM,
     MEM,
+    PAGE_A,
     PIN_CR4,
     SELF,
     DomGuest,
+    R,
+    S,
+    W,
+    X,
     call,
     kvm,
     neg,
+    resume,
     ret,
 )
 
@@ -26,17 +36,7 @@ from vtlvisor.abi.domains import DomainHypercall as H
 from vtlvisor.errors import ConfigError
 from vtlvisor.hv.domains import Policy
 
-GP = 13
-S = SCRATCH
-R, W, X, IMM, DEL = 1, 2, 4, 8, 0x100
-PAGE_A, PAGE_B = 0x60000, 0x61000
-
-
-def resume(label: str) -> str:
-    return f"lea rax, [rip + {label}]\nmov r14, {RESUME:#x}\nmov [r14], rax\n"
-
-
-CREATE_D1 = kvm(H.DOMAIN_CREATE, D1_CODE, D1_STACK, slot=S)          # -> handle D1H (10)
+PAGE_B = 0x61000
 
 
 def test_feature_bit_create_call_return_private_state():

@@ -11,43 +11,41 @@ from pathlib import Path
 from asmguest import RESUME, SCRATCH
 from domguest import (
     CREATE,
+    CREATE_D1,
     D1_CODE,
-    D1_STACK,
     D1H,
     D2_CODE,
     D2_STACK,
     D2H,
+    DEL,
+    GP,
     I_CR4,
     I_DTR,
     I_MEM,
     I_MSR,
     MEM,
+    PAGE_A,
     SELF,
     DomGuest,
+    R,
+    S,
+    W,
     call,
     kvm,
     neg,
+    resume,
     ret,
 )
 
 from vtlvisor.abi.domains import EBADF, EBUSY, EINVAL, EPERM, CapRights, CapType, DomainReg
 from vtlvisor.abi.domains import DomainHypercall as H
 
-GP = 13
-S = SCRATCH
-R, W, X, IMM, DEL = 1, 2, 4, 8, 0x100
-PAGE_A = 0x60000
 NARROW = 0x70000
 LSTAR, STAR = 0xC0000082, 0xC0000081
-CREATE_D1 = kvm(H.DOMAIN_CREATE, D1_CODE, D1_STACK, slot=S)
 
 
 def narrow(v0: int, v1: int = 0) -> str:
     return f"mov rax, {v0:#x}\nmov [{NARROW:#x}], rax\nmov rax, {v1:#x}\nmov [{NARROW + 8:#x}], rax\n"
-
-
-def resume(label: str) -> str:
-    return f"lea rax, [rip + {label}]\nmov r14, {RESUME:#x}\nmov [r14], rax\n"
 
 
 NO_RESUME = f"mov r14, {RESUME:#x}\nmov qword ptr [r14], 0\n"

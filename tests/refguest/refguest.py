@@ -8,8 +8,11 @@ domains design ``dom-hyperguard: violation: ...``), ``CRED challenge=<hex> hmac=
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
+import struct
 import subprocess
 import sys
 import time
@@ -25,6 +28,12 @@ ALL_CHECKS = ["vsm", "domains", "user-syscall", "creds", "timer", "kdp-read", "k
               "kdp-cred", "kdp-module-dir", "module-signed", "module-unsigned", "module-tampered", "kcfg-valid",
               "kcfg-invalid", "kcfg-bitmap", "hvci-exec-data", "hvci-write-text", "cr4-smep", "cr4-smap", "cr0-wp",
               "msr-lstar", "lidt", "npiep", "vtl1-read", "cred-hmac", "vulndrv"]
+#: the checks that report "unprotected" when a feature is switched off (both designs)
+UNPROTECTED = {"hvci": ["hvci-exec-data", "hvci-write-text"],
+               "kdp": ["kdp-write", "kdp-syscall-table", "kdp-cred", "kdp-module-dir"],
+               "kcfg": ["kcfg-invalid"],
+               "hyperguard": ["cr4-smep", "cr0-wp", "msr-lstar", "lidt"],
+               "credguard": []}
 
 
 @dataclass
@@ -78,3 +87,32 @@ def detail_hex(detail: str, key: str) -> int:
     m = re.search(rf"{key}=(0x[0-9a-f]+)", detail)
     assert m, f"no {key}= in {detail!r}"
     return int(m.group(1), 16)
+
+
+def cred_hmac(b: Boot, by: str) -> bytes:
+    """The boot's CRED line was answered `by` (vtl0, vtl1, domain) with the right HMAC under the build's
+    credential key; returns the key."""
+    m = re.search(r"^CRED challenge=([0-9a-f]+) hmac=([0-9a-f]{64}) by=(\w+)$", b.out, re.M)
+    assert m and m.group(3) == by, b.out
+    key = (KEYS / "cred.key").read_bytes()
+    assert hmac.new(key, bytes.fromhex(m.group(1)), hashlib.sha256).hexdigest() == m.group(2)
+    return key
+
+
+def tampered_kernel(tmp_path: Path) -> Path:
+    """A copy of the kernel image with one byte of kcfg_demo_unlisted's text flipped (signature now BAD)."""
+    sys.path.insert(0, str(ROOT / "guest" / "vbs"))
+    import vbstool
+    target = vbstool.Elf(IMAGE.with_suffix(".elf64")).symbols()["kcfg_demo_unlisted"]
+    data = bytearray(IMAGE.read_bytes())                 # ELF32: find the file offset of the target
+    phoff, phentsize, phnum = struct.unpack_from("<I", data, 28)[0], *struct.unpack_from("<HH", data, 42)
+    for i in range(phnum):
+        ptype, off, _vaddr, paddr, filesz = struct.unpack_from("<IIIII", data, phoff + i * phentsize)
+        if ptype == 1 and paddr <= target < paddr + filesz:
+            data[off + target - paddr] ^= 0x01
+            break
+    else:
+        raise AssertionError("target not in a PT_LOAD segment")
+    bad = tmp_path / "vbs-tampered.elf"
+    bad.write_bytes(bytes(data))
+    return bad

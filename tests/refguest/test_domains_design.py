@@ -4,12 +4,10 @@ HyperGuard, credentials) each hold only the capabilities their feature needs; th
 else at the end of boot; every check passes as under VSM (npiep is skipped with its reason); the design is
 chosen on the command line; the host policy limits what can ever be delegated."""
 
-import hashlib
-import hmac
 import re
 
 import pytest
-from refguest import ALL_CHECKS, FEATURES, IMAGE, KEYS, ROOT, boot
+from refguest import ALL_CHECKS, FEATURES, ROOT, UNPROTECTED, boot, cred_hmac, tampered_kernel
 
 POLICY = ROOT / "guest" / "vbs" / "dom" / "policy.toml"
 DOM_BUILD = ROOT / "guest" / "build" / "vbs" / "dom"
@@ -99,10 +97,7 @@ def test_violations_reach_the_hyperguard_domain_with_labels(dom):
 
 
 def test_the_key_is_only_in_the_credential_domain(dom):
-    m = re.search(r"^CRED challenge=([0-9a-f]+) hmac=([0-9a-f]{64}) by=(\w+)$", dom.out, re.M)
-    assert m and m.group(3) == "domain"
-    key = (KEYS / "cred.key").read_bytes()
-    assert hmac.new(key, bytes.fromhex(m.group(1)), hashlib.sha256).hexdigest() == m.group(2)
+    key = cred_hmac(dom, "domain")
     assert "only in the credential domain's memory" in dom.passed("cred-hmac")
     # the build put the key into the credential domain's image only
     assert key in (DOM_BUILD / "cred.bin").read_bytes()
@@ -117,12 +112,7 @@ def test_each_feature_switches_off_alone_on_domains(feature):
     assert b.features[feature] == "off" and b.features["domains"] == "on"
     assert all(b.features[f] == "armed" for f in FEATURES if f != feature)
     assert all(s in ("PASS", "SKIP") for s, _ in b.checks.values()), b.out
-    unprotected = {"hvci": ["hvci-exec-data", "hvci-write-text"],
-                   "kdp": ["kdp-write", "kdp-syscall-table", "kdp-cred", "kdp-module-dir"],
-                   "kcfg": ["kcfg-invalid"],
-                   "hyperguard": ["cr4-smep", "cr0-wp", "msr-lstar", "lidt"],
-                   "credguard": []}[feature]
-    for name in unprotected:
+    for name in UNPROTECTED[feature]:
         assert b.passed(name).startswith("unprotected"), name
     if feature == "credguard":
         assert re.search(r"^CRED .* by=vtl0$", b.out, re.M)
@@ -162,21 +152,7 @@ def test_host_policy_limits_what_the_kernel_can_delegate(tmp_path):
 
 
 def test_kernel_signature_is_checked_by_the_hvci_domain(tmp_path):
-    import sys
-    sys.path.insert(0, str(ROOT / "guest" / "vbs"))
-    import vbstool
-    target = vbstool.Elf(IMAGE.with_suffix(".elf64")).symbols()["kcfg_demo_unlisted"]
-    import struct
-    data = bytearray(IMAGE.read_bytes())
-    phoff, phentsize, phnum = struct.unpack_from("<I", data, 28)[0], *struct.unpack_from("<HH", data, 42)
-    for i in range(phnum):
-        ptype, off, _vaddr, paddr, filesz = struct.unpack_from("<IIIII", data, phoff + i * phentsize)
-        if ptype == 1 and paddr <= target < paddr + filesz:
-            data[off + target - paddr] ^= 0x01
-            break
-    bad = tmp_path / "vbs-tampered.elf"
-    bad.write_bytes(bytes(data))
-    b = dom_boot("checks=none", image=bad)
+    b = dom_boot("checks=none", image=tampered_kernel(tmp_path))
     assert "dom-hvci: hvci: kernel signature BAD: HVCI not armed" in b.out
     assert "dom: LOAD_KDATA(hvci, domain 1): status -129" in b.out
     assert b.features["hvci"] == "FAILED" and b.returncode != 1

@@ -3,15 +3,13 @@ HVCI, KDP, kCFG, HyperGuard and credential isolation; every feature works on the
 basic violation, with VTL1's own record of the intercept.  Each feature can be switched off, and vsm=off
 falls back to CR pinning."""
 
-import hashlib
-import hmac
 import re
 import struct
 import subprocess
 import sys
 
 import pytest
-from refguest import ALL_CHECKS, FEATURES, IMAGE, KEYS, ROOT, boot
+from refguest import ALL_CHECKS, FEATURES, IMAGE, KEYS, ROOT, UNPROTECTED, boot, cred_hmac, tampered_kernel
 
 VTL1_BASE, VTL1_KEY = 0x1000000, 0x1010000
 
@@ -63,10 +61,7 @@ def test_benign_paths(full):
 
 
 def test_credential_service_hmac_matches_the_build_key(full):
-    m = re.search(r"^CRED challenge=([0-9a-f]+) hmac=([0-9a-f]{64}) by=(\w+)$", full.out, re.M)
-    assert m and m.group(3) == "vtl1"
-    key = (KEYS / "cred.key").read_bytes()
-    assert hmac.new(key, bytes.fromhex(m.group(1)), hashlib.sha256).hexdigest() == m.group(2)
+    key = cred_hmac(full, "vtl1")
     assert "key exists only in VTL1 memory" in full.passed("cred-hmac")
     assert key.hex() not in full.out
 
@@ -120,12 +115,7 @@ def test_each_feature_switches_off_alone(feature):
     assert b.features[feature] == "off"
     assert all(b.features[f] == "armed" for f in FEATURES if f != feature)
     assert all(s == "PASS" for s, _ in b.checks.values() if s != "SKIP"), b.out
-    unprotected = {"hvci": ["hvci-exec-data", "hvci-write-text"],
-                   "kdp": ["kdp-write", "kdp-syscall-table", "kdp-cred", "kdp-module-dir"],
-                   "kcfg": ["kcfg-invalid"],
-                   "hyperguard": ["cr4-smep", "cr0-wp", "msr-lstar", "lidt"],
-                   "credguard": []}[feature]
-    for name in unprotected:
+    for name in UNPROTECTED[feature]:
         assert b.passed(name).startswith("unprotected"), name
     if feature == "credguard":
         assert re.search(r"^CRED .* by=vtl0$", b.out, re.M)
@@ -160,9 +150,7 @@ def test_vsm_off_protects_itself_with_cr_pinning():
     assert b.passed("kdp-own-pt").startswith("direct write")
     assert "refused by VTL0" in b.passed("module-tampered")
     assert b.check("vtl1-read")[0] == "SKIP" and b.check("vsm")[0] == "SKIP"
-    m = re.search(r"^CRED challenge=([0-9a-f]+) hmac=([0-9a-f]{64}) by=vtl0$", b.out, re.M)
-    key = (KEYS / "cred.key").read_bytes()
-    assert hmac.new(key, bytes.fromhex(m.group(1)), hashlib.sha256).hexdigest() == m.group(2)
+    cred_hmac(b, "vtl0")
     assert not b.violations and "sk:" not in b.out
 
 
@@ -199,21 +187,7 @@ def test_kernel_signature_covers_the_image(tmp_path):
     r = subprocess.run([*tool, "verify-kernel", str(KEYS), str(IMAGE.with_suffix(".elf64"))], capture_output=True,
                        text=True)
     assert r.returncode == 0 and r.stdout.strip() == "ok"
-    sys.path.insert(0, str(ROOT / "guest" / "vbs"))
-    import vbstool
-    target = vbstool.Elf(IMAGE.with_suffix(".elf64")).symbols()["kcfg_demo_unlisted"]
-    data = bytearray(IMAGE.read_bytes())                 # ELF32: find the file offset of the target
-    phoff, phentsize, phnum = struct.unpack_from("<I", data, 28)[0], *struct.unpack_from("<HH", data, 42)
-    for i in range(phnum):
-        ptype, off, _vaddr, paddr, filesz = struct.unpack_from("<IIIII", data, phoff + i * phentsize)
-        if ptype == 1 and paddr <= target < paddr + filesz:
-            data[off + target - paddr] ^= 0x01
-            break
-    else:
-        raise AssertionError("target not in a PT_LOAD segment")
-    bad = tmp_path / "vbs-tampered.elf"
-    bad.write_bytes(bytes(data))
-    b = boot(image=bad)
+    b = boot(image=tampered_kernel(tmp_path))
     assert "sk: hvci: kernel signature BAD: HVCI not armed" in b.out
     assert "vsm: LOAD_KDATA: status -129" in b.out
     assert b.returncode != 1

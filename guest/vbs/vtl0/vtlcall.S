@@ -1,16 +1,23 @@
 /* VTL0 side of the VTL-call service (lib/vbs_abi.h): void vbs_vtl_call(struct vbs_callregs *c) */
 
+#include "lib/regs.S.inc"
+
 /* struct vbs_callregs { u64 id, a0, a1, a2, a3, rax, r0, r1, r2, r3; } */
+
+/* The callee's answer (RAX = status, RSI/R8/R9/R10 = r0..r3) into the struct vbs_callregs at RDI */
+.macro STORE_CALLREGS_RESULT
+    mov %rax, 40(%rdi)
+    mov %rsi, 48(%rdi)
+    mov %r8, 56(%rdi)
+    mov %r9, 64(%rdi)
+    mov %r10, 72(%rdi)
+.endm
+
     .text
     .balign 16
     .globl vbs_vtl_call
 vbs_vtl_call:
-    push %rbx                       /* VTL1 returns with every other GPR cleared */
-    push %rbp
-    push %r12
-    push %r13
-    push %r14
-    push %r15
+    PUSH_CALLEE_SAVED               /* VTL1 returns with every other GPR cleared */
     push %rdi
     mov 8(%rdi), %rsi
     mov 16(%rdi), %rdx
@@ -20,17 +27,8 @@ vbs_vtl_call:
     xor %ecx, %ecx                  /* the VTL call control input (the stub moves RCX to RAX): 0 */
     call *vtl_call_stub(%rip)       /* hypercall page + VsmCodePageOffsets.VtlCall */
     pop %rdi
-    mov %rax, 40(%rdi)
-    mov %rsi, 48(%rdi)
-    mov %r8, 56(%rdi)
-    mov %r9, 64(%rdi)
-    mov %r10, 72(%rdi)
-    pop %r15
-    pop %r14
-    pop %r13
-    pop %r12
-    pop %rbp
-    pop %rbx
+    STORE_CALLREGS_RESULT
+    POP_CALLEE_SAVED
     ret
 
 /* The hypercall page: filled by the hypervisor when VTL0 writes HV_X64_MSR_HYPERCALL. */
@@ -57,12 +55,7 @@ hvcall_page:
     .balign 16
     .globl dom_vtl_call
 dom_vtl_call:
-    push %rbx
-    push %rbp
-    push %r12
-    push %r13
-    push %r14
-    push %r15
+    PUSH_CALLEE_SAVED
     push %rsi
     mov %rdi, %rbx                  /* a0: the DOMAIN handle */
     mov %rdx, %r10
@@ -75,17 +68,8 @@ dom_vtl_call:
     mov $0x10b, %eax                /* DOMAIN_CALL */
     vmmcall
     pop %rdi
-    mov %rax, 40(%rdi)
-    mov %rsi, 48(%rdi)
-    mov %r8, 56(%rdi)
-    mov %r9, 64(%rdi)
-    mov %r10, 72(%rdi)
-    pop %r15
-    pop %r14
-    pop %r13
-    pop %r12
-    pop %rbp
-    pop %rbx
+    STORE_CALLREGS_RESULT
+    POP_CALLEE_SAVED
     ret
 
 /* The secure kernel image (guest/build/vbs/sk.bin) and the four feature-domain images of the domains
