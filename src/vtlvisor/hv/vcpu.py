@@ -169,10 +169,10 @@ class Vcpu:
             SvmExit.GDTR_READ: self._exit_dt_read,
             SvmExit.LDTR_READ: self._exit_dt_read,
             SvmExit.TR_READ: self._exit_dt_read,
-            SvmExit.IDTR_WRITE: self._exit_dt_write,
-            SvmExit.GDTR_WRITE: self._exit_dt_write,
-            SvmExit.LDTR_WRITE: self._exit_dt_write,
-            SvmExit.TR_WRITE: self._exit_dt_write,
+            SvmExit.IDTR_WRITE: self._exit_filtered,
+            SvmExit.GDTR_WRITE: self._exit_filtered,
+            SvmExit.LDTR_WRITE: self._exit_filtered,
+            SvmExit.TR_WRITE: self._exit_filtered,
             SvmExit.RDTSC: self._exit_rdtsc,
             SvmExit.RDTSCP: self._exit_rdtsc,
             SvmExit.CPUID: self._exit_cpuid,
@@ -183,7 +183,7 @@ class Vcpu:
             SvmExit.SHUTDOWN: self._exit_shutdown,
             SvmExit.VMMCALL: self._exit_vmmcall,
             SvmExit.NPF: self._exit_npf,
-            SvmExit.IRET: self._exit_opt_in,
+            SvmExit.IRET: self._exit_filtered,
             SvmExit.MONITOR: self._exit_ud,
             SvmExit.MWAIT: self._exit_ud,
         }
@@ -542,19 +542,11 @@ class Vcpu:
             self.security_event("umip", f"UMIP: {SvmExit(code).name.removesuffix('_READ')} read at CPL {self.cpl()} "
                                 f"RIP {self.engine.rip:#x} -> #GP(0)")
             raise GuestGP(0, "UMIP: SGDT/SIDT/SLDT/STR at CPL>0")
-        for f in self.hooks.intercept_filters:
-            if f(self, code):
-                return
-        self.step_without_intercept(code)
+        self._exit_filtered(code)
 
-    def _exit_dt_write(self, code: int) -> None:
-        for f in self.hooks.intercept_filters:
-            if f(self, code):
-                return
-        self.step_without_intercept(code)
-
-    def _exit_opt_in(self, code: int) -> None:
-        """An intercept an ABI turns on for itself (IRET for VSM's MBEC): its filter handles it."""
+    def _exit_filtered(self, code: int) -> None:
+        """An intercept that exists for the ABIs' filters (descriptor-table writes for HyperGuard and
+        domains, IRET for VSM's MBEC): a filter handles it, else the instruction runs natively."""
         for f in self.hooks.intercept_filters:
             if f(self, code):
                 return
