@@ -30,7 +30,23 @@ from keystone import KS_ARCH_X86, KS_MODE_64, Ks
 
 from vtlvisor.abi.hyperv import HvCallCode, HvRegisterName
 from vtlvisor.hv.partition import Partition, PartitionConfig
-from vtlvisor.loader.bootstate import BootMode, BootState
+from vtlvisor.loader.bootstate import BootState
+
+from .machine import (
+    KERNEL_CR0,
+    KERNEL_CR4,
+    KERNEL_EFER,
+    gate,
+    identity_paging,
+    load_idt_tr,
+    log_frame,
+    long_mode_boot,
+    resume_tail,
+    timer_handler,
+    to_user,
+    write_gdt,
+    write_tss,
+)
 
 MEMORY = 8 << 20
 PML4, PDPT, PD = 0x1000, 0x2000, 0x3000
@@ -52,9 +68,6 @@ SETUP_FAILED = 0x3F            # debug-exit value when the prologue faulted (exi
 TIMER_VECTOR = 0x40
 ERR_VECTORS = {8, 10, 11, 12, 13, 14, 17, 21, 29, 30}
 SELF = 0xFFFFFFFFFFFFFFFF
-GDT_ENTRIES = [0, 0x00AF9B000000FFFF, 0x00CF93000000FFFF, 0x00CFFB000000FFFF, 0x00CFF3000000FFFF,
-               0x00AFFB000000FFFF]
-KERNEL_CR0, KERNEL_CR4, KERNEL_EFER = 0x80050033, 0x620, 0xD01
 
 _ks = Ks(KS_ARCH_X86, KS_MODE_64)
 
@@ -125,17 +138,6 @@ def protect_input(flags: int, gpns: list[int], target: int = 0, use_target: bool
         b"".join(struct.pack("<Q", g) for g in gpns)
 
 
-def tss_descriptor(base: int, limit: int) -> bytes:
-    lo = (limit & 0xFFFF) | ((base & 0xFFFF) << 16)
-    hi = ((base >> 16) & 0xFF) | (0x89 << 8) | (limit & 0xF0000) | (base & 0xFF000000)
-    return struct.pack("<IIQ", lo, hi, base >> 32)
-
-
-def gate(handler: int, dpl: int = 0, ist: int = 0, sel: int = 0x08) -> bytes:
-    return struct.pack("<HHBBHII", handler & 0xFFFF, sel, ist, 0x8E | (dpl << 5), (handler >> 16) & 0xFFFF,
-                       handler >> 32, 0)
-
-
 @lru_cache(maxsize=1)
 def _handlers() -> tuple[bytes, dict[str, int]]:
     common = f"""
@@ -149,47 +151,15 @@ common:
     jae skiplog
     imul rbx, rbx, {LOG_REC}
     add rbx, {LOG:#x}
-    mov rax, [rsp+16]
-    mov [rbx], rax
-    mov rax, [rsp+24]
-    mov [rbx+8], rax
-    mov rax, [rsp+32]
-    mov [rbx+16], rax
-    mov rax, [rsp+40]
-    mov [rbx+24], rax
-    mov rax, cr2
-    mov [rbx+32], rax
+""" + log_frame() + f"""
     mov rax, {CUR:#x}
     mov rax, [rax]
     mov [rbx+40], rax
 skiplog:
-    mov rax, {RESUME:#x}
-    mov rax, [rax]
-    test rax, rax
-    jz noresume
-    mov [rsp+32], rax
-    mov qword ptr [rsp+40], 0x08
-    mov qword ptr [rsp+48], 2
-    mov qword ptr [rsp+56], {KSTACK - 0x800:#x}
-    mov qword ptr [rsp+64], 0x10
-noresume:
-    pop rbx
-    pop rax
-    add rsp, 16
-    iretq
-timer:
-    push rax
-    mov rax, {TICKS:#x}
-    inc qword ptr [rax]
-    mov rax, 0xfee000b0
-    mov dword ptr [rax], 0
-    pop rax
-    iretq
-"""
+""" + resume_tail(RESUME, KSTACK)
     timer_at, stubs_at = HANDLERS + 0x400, HANDLERS + 0x800
-    common_src, timer_src = common.split("timer:\n")
-    code = bytearray(asm(common_src, HANDLERS).ljust(0x400, b"\xcc"))
-    code += asm(timer_src, timer_at).ljust(0x400, b"\xcc")
+    code = bytearray(asm(common, HANDLERS).ljust(0x400, b"\xcc"))
+    code += asm(timer_handler(TICKS), timer_at).ljust(0x400, b"\xcc")
     labels = {"timer": timer_at}
     for v in range(256):
         at = stubs_at + 16 * v
@@ -197,6 +167,14 @@ timer:
         code += asm(stub, at).ljust(16, b"\xcc")
         labels[f"h{v}"] = at
     return bytes(code), labels
+
+
+def _hc1(rcx: int | str, inp: int, slot: int, out: int = 0) -> str:
+    """VTL1 asm: a hypercall through VTL1's page with control ``rcx`` (a value or a register) and input
+    ``inp`` (output ``out``), storing its status at ``slot``."""
+    ctl = rcx if isinstance(rcx, str) else f"{rcx:#x}"
+    r8 = f"mov r8, {out:#x}" if out else "xor r8, r8"
+    return f"mov rcx, {ctl}\nmov rdx, {inp:#x}\n{r8}\nmov rax, {HC1:#x}\ncall rax\nmov [{slot:#x}], rax"
 
 
 #: VTL1's service loop. Commands (RDI on VtlCall): 0 setup (protections from IN(10)/IN(11) with the
@@ -222,25 +200,10 @@ vloop:
     cmp rdi, 0
     jne c1
     mov rbx, {V1LOG + 0x900:#x}
-    mov rcx, [rbx]
-    mov rdx, {IN(10):#x}
-    xor r8, r8
-    mov rax, {HC1:#x}
-    call rax
-    mov [{V1LOG + 0x910:#x}], rax
+{_hc1("[rbx]", IN(10), V1LOG + 0x910)}
     mov rbx, {V1LOG + 0x908:#x}
-    mov rcx, [rbx]
-    mov rdx, {IN(11):#x}
-    xor r8, r8
-    mov rax, {HC1:#x}
-    call rax
-    mov [{V1LOG + 0x918:#x}], rax
-    mov rcx, {control(HvCallCode.HvCallSetVpRegisters, 3):#x}
-    mov rdx, {IN(12):#x}
-    xor r8, r8
-    mov rax, {HC1:#x}
-    call rax
-    mov [{V1LOG + 0x920:#x}], rax
+{_hc1("[rbx]", IN(11), V1LOG + 0x918)}
+{_hc1(control(HvCallCode.HvCallSetVpRegisters, 3), IN(12), V1LOG + 0x920)}
     jmp vret
 c1:
     cmp rdi, 1
@@ -256,12 +219,7 @@ c2:
     je c3
     cmp rdi, 2
     jne vret
-    mov rcx, r12
-    mov rdx, {IN(2):#x}
-    mov r8, {OUT(2):#x}
-    mov rax, {HC1:#x}
-    call rax
-    mov [{V1LOG + 0x808:#x}], rax
+{_hc1('r12', IN(2), V1LOG + 0x808, OUT(2))}
     jmp vret
 c3:
     mov rcx, r13
@@ -276,12 +234,7 @@ intercept:
     inc qword ptr [{V1LOG + 0x830:#x}]
     cmp eax, 0x80010006
     je skip
-    mov rcx, {control(HvCallCode.HvCallSetVpRegisters, 1):#x}
-    mov rdx, {IN(9):#x}
-    xor r8, r8
-    mov rax, {HC1:#x}
-    call rax
-    mov [{V1LOG + 0x820:#x}], rax
+{_hc1(control(HvCallCode.HvCallSetVpRegisters, 1), IN(9), V1LOG + 0x820)}
     jmp vret
 skip:
     mov rbx, {SIMP1 + 16 + 24:#x}
@@ -295,12 +248,7 @@ haslen:
     add rax, rcx
     mov rbx, {IN(8) + 32:#x}
     mov [rbx], rax
-    mov rcx, {control(HvCallCode.HvCallSetVpRegisters, 1):#x}
-    mov rdx, {IN(8):#x}
-    xor r8, r8
-    mov rax, {HC1:#x}
-    call rax
-    mov [{V1LOG + 0x828:#x}], rax
+{_hc1(control(HvCallCode.HvCallSetVpRegisters, 1), IN(8), V1LOG + 0x828)}
 vret:
     mov rcx, 1
     mov rdx, 1
@@ -320,7 +268,7 @@ def vtl1_initial_context() -> bytes:
     ctx = struct.pack("<QQQ", VTL1_CODE, VTL1_STACK, 2) + code + data + data + data + data + data
     ctx += seg(VTL1_TSS, 0x67, 0x30, 0x8B) + seg(0, 0xFFFF, 0, 0x82)
     ctx += struct.pack("<6xHQ", 0, 0) + struct.pack("<6xHQ", 0x3F, VTL1_GDT)      # IDT limit 0
-    ctx += struct.pack("<QQQQQ", 0xD01, 0x80050033, VTL1_PML4, 0x620, 0x0007040600070406)
+    ctx += struct.pack("<QQQQQ", KERNEL_EFER, KERNEL_CR0, VTL1_PML4, KERNEL_CR4, 0x0007040600070406)
     assert len(ctx) == 224
     return ctx
 
@@ -393,14 +341,8 @@ class FuzzGuest:
         self._paging(m)
         # GDT (+ TSS descriptor at 0x30) and TSS with IST1 and RSP0, no I/O bitmap (limit 0x67)
         tss_limit = 0x67 if cfg.io_bitmap is None else 0x67 + len(cfg.io_bitmap)
-        raw = b"".join(struct.pack("<Q", g) for g in GDT_ENTRIES) + tss_descriptor(TSS, tss_limit)
-        m.write(GDT, raw)
-        self.gdt_limit = len(raw) - 1
-        tss = bytearray(0x68)
-        struct.pack_into("<Q", tss, 4, KSTACK)
-        struct.pack_into("<Q", tss, 0x24, IST1)
-        struct.pack_into("<H", tss, 0x66, 0x68)
-        m.write(TSS, bytes(tss))
+        self.gdt_limit = write_gdt(m, GDT, TSS, tss_limit)
+        write_tss(m, TSS, KSTACK, IST1)
         if cfg.io_bitmap is not None:
             m.write(TSS + 0x68, cfg.io_bitmap)
         code, labels = _handlers()
@@ -417,13 +359,7 @@ class FuzzGuest:
             lea rax, [rip + setup_fail]
             mov [{RESUME:#x}], rax
             mov qword ptr [{CUR:#x}], -2
-            mov rax, {IDT:#x}
-            mov word ptr [{SCRATCH:#x}], 0xfff
-            mov [{SCRATCH + 2:#x}], rax
-            lidt [{SCRATCH:#x}]
-            mov ax, 0x30
-            ltr ax
-        """]
+        """ + load_idt_tr(IDT, SCRATCH)]
         if hyperv and (cfg.hv_setup or cfg.vtl1):
             src.append(SETUP_HV)
         if cfg.vtl1:
@@ -437,16 +373,7 @@ class FuzzGuest:
                 if len(ucode) > USLOT:
                     raise ValueError("user code too long")
                 m.write(UCODE + USLOT * i, ucode)
-                src.append(f"""
-                    push 0x23
-                    mov rax, {USTACK:#x}
-                    push rax
-                    push {op.user_rflags:#x}
-                    push 0x2b
-                    mov rax, {UCODE + USLOT * i:#x}
-                    push rax
-                    iretq
-                """)
+                src.append(to_user(UCODE + USLOT * i, USTACK, op.user_rflags))
             src.append(f"\nend{i}:\n{op.after}\n")
             for addr, data in op.mem:
                 m.write(addr, data)
@@ -461,11 +388,9 @@ class FuzzGuest:
 
     @staticmethod
     def _paging(m) -> None:
-        m.write_u64(PML4, PDPT | 7)
-        m.write_u64(PDPT, PD | 7)
+        identity_paging(m, PML4, PDPT, PD)
         for i in range(1, 65):              # 1 GiB pages: 1..4 GiB uncached (MMIO), above RAM up to 64 GiB
             m.write_u64(PDPT + 8 * i, (i << 30) | 0x83 | 0x18)
-        m.write(PD, b"".join(struct.pack("<Q", (i << 21) | 0x83 | (4 if i == 1 else 0)) for i in range(512)))
 
     def _vtl1(self, m) -> None:
         cfg = self.cfg
@@ -474,7 +399,7 @@ class FuzzGuest:
         m.write_u64(VTL1_PML4, (VTL1_PML4 + 0x1000) | 3)
         m.write_u64(VTL1_PML4 + 0x1000, (VTL1_PML4 + 0x2000) | 3)
         m.write(VTL1_PML4 + 0x2000, b"".join(struct.pack("<Q", (i << 21) | 0x83) for i in range(512)))
-        m.write(VTL1_GDT, b"".join(struct.pack("<Q", g) for g in GDT_ENTRIES) + tss_descriptor(VTL1_TSS, 0x67))
+        write_gdt(m, VTL1_GDT, VTL1_TSS)
         m.write(IN(0), struct.pack("<QBBHI", SELF, 1, 0, 0, 0))
         m.write(IN(1), struct.pack("<QIB3x", SELF, 0, 1) + vtl1_initial_context())
         m.write(IN(9), regs_input(0, [(HvRegisterName.HvRegisterPendingEvent0, 1 | (1 << 8) | (13 << 16))]))
@@ -490,8 +415,7 @@ class FuzzGuest:
         m.write(CANARY, canary_bytes(cfg.canary_seed))
 
     def boot_state(self) -> BootState:
-        return BootState(mode=BootMode.LONG64, entry=KCODE, regs={"rsp": KSTACK - 0x800}, cr0=KERNEL_CR0,
-                         cr3=PML4, cr4=KERNEL_CR4, efer=KERNEL_EFER, gdt_base=GDT, gdt_limit=self.gdt_limit)
+        return long_mode_boot(KCODE, KSTACK - 0x800, PML4, GDT, self.gdt_limit)
 
     def u64(self, addr: int) -> int:
         return self.part.memory.read_u64(addr)
