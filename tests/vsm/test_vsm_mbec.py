@@ -378,3 +378,30 @@ def test_sysexit_from_compatibility_mode_is_trapped_and_emulated():
     assert r.exit_status == 1, g.part.vcpu.state_dump()
     assert [(e[0], e[2], e[3]) for e in g.log()] == [(UD, UCODE, 0x1B)]   # ring 3, 32-bit code, UX-only page
     assert g.part.vsm.mbec.emulated["sysexit"] == 1 and g.part.vsm.mbec.missed == 0
+
+
+def test_sysret_straddling_a_page_boundary_is_still_emulated():
+    # SYSRET (32-bit operand: CS 0x1b, compatibility mode) whose 0f 07 straddles P+0x1000: the
+    # trap's #UD must be recognised from both pages, not delivered to the guest as a #UD
+    kernel = SMEP_ON + f"""
+        mov ecx, 0xC0000081
+        xor eax, eax
+        mov edx, {(0x18 << 16) | 0x08:#x}
+        wrmsr
+        mov ecx, 0xC0000082
+        lea rax, [rip + sys_entry]
+        xor edx, edx
+        wrmsr
+    """ + resume("done") + to_user() + f"""
+        jmp done
+    sys_entry:
+        mov rax, {P + 0xFFF:#x}
+        jmp rax
+    done:
+    """
+    g = mbec_guest(kernel, user="syscall\nud2\n")
+    g.part.memory.write(P + 0xFFF, b"\x0f\x07")
+    r = g.run()
+    assert r.exit_status == 1, g.part.vcpu.state_dump()
+    assert [(e[0], e[2], e[3]) for e in g.log()] == [(UD, UCODE + 2, 0x1B)]   # ring 3 after the SYSRET
+    assert g.part.vsm.mbec.emulated["sysret"] == 1

@@ -176,3 +176,19 @@ def test_vtl_transitions_trace_file(tmp_path):
     assert [(e["args"]["from"], e["args"]["to"]) for e in sw] == [("0x0", "0x1"), ("0x1", "0x0")] * 2
     assert {e["tid"] for e in ev if e.get("ph") in ("i", "X")} == {0, 1}                 # one track per VTL
     assert any(e.get("tid") == 1 and e["name"] == "MSR" for e in ev)                   # VTL1's own exits
+
+
+def test_modify_protection_reports_reps_completed_from_rep_start():
+    # input at the end of its page: the header and two elements, then the page ends. With rep start 2
+    # the first element processed is already missing: 2 reps count as completed (those before the start),
+    # as for the other rep hypercalls, not 0
+    inp = IN(4) + 0x1000 - 32
+    g = VsmGuest(SETUP_VTL0 + ENABLE_VTL1
+                 + f"mov r12, {control(HvCallCode.HvCallModifyVtlProtectionMask, rep=4, start=2):#x}\n"
+                 + f"mov r13, {inp:#x}\nxor r14, r14\nmov r15, {SCRATCH:#x}\n" + vtl_call(5))
+    g.part.memory.write(inp, protect_input(0, [SECRET >> 12] * 2))
+    r = g.run()
+    assert r.exit_status == 1, g.part.vcpu.state_dump()
+    assert g.u64(SCRATCH) & 0xFFFF == HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT
+    assert (g.u64(SCRATCH) >> 32) & 0xFFF == 2
+    assert g.part.vsm.vtls[0].protections == {}                      # nothing was applied

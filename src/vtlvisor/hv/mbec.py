@@ -240,15 +240,24 @@ class Mbec:
         return None
 
     def _peek(self, vcpu: Vcpu, n: int, s=None, tlb: Translator | None = None) -> bytes:
-        """Up to ``n`` instruction bytes at RIP (fewer at a page end or on a fault)."""
+        """Up to ``n`` instruction bytes at RIP, continuing into the next page (an instruction may
+        straddle it); fewer when that page or RIP's own faults."""
         if s is None:
             s = self.engine.snapshot(pull=False)
         va = s.rip if s.code64 else (s.cs_base + s.rip) & 0xFFFFFFFF
-        n = min(n, 0x1000 - (va & 0xFFF))
+        first = min(n, 0x1000 - (va & 0xFFF))
+        tlb = tlb or self._translator(vcpu, s)
+        acc = _FETCH_USER if s.cpl == 3 else _FETCH
         try:
-            return (tlb or self._translator(vcpu, s)).read(va, n, _FETCH_USER if s.cpl == 3 else _FETCH)
+            code = tlb.read(va, first, acc)
         except (PageFault, NonCanonical):
             return b""
+        if first < n:
+            try:
+                code += tlb.read((va + first) & (M64 if s.code64 else 0xFFFFFFFF), n - first, acc)
+            except (PageFault, NonCanonical):
+                pass
+        return code
 
     @staticmethod
     def _insn(vcpu: Vcpu):

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from ..abi.hyperv import (
+    HV_MESSAGE_SIZE,
     HV_PARTITION_ID_SELF,
     HV_VP_INDEX_SELF,
     HV_VTL_RETURN_INPUT_FAST,
@@ -66,7 +67,7 @@ from ..memory import AccessDenied, ProtectedView
 from ..x86.arch import CR0, CR4, EFER, MSR, Vector, canonical
 from ..x86.events import Event, EventKind
 from ..x86.paging import Access, NonCanonical, PageFault, walk
-from ..x86.svm import SvmExit
+from ..x86.svm import SvmExit, intercept_bit
 from . import contexts
 from .hyperv import VTL_CALL_OFFSET, VTL_RETURN_OFFSET, HvVtlMsrs, HypercallError, HypercallInput, HyperV
 from .mbec import Mbec
@@ -132,6 +133,11 @@ DT_WRITE_INTERCEPT = {
     SvmExit.LDTR_WRITE: (HvCrInterceptControl.LdtrWrite, HvRegisterName.HvX64RegisterLdtr),
     SvmExit.TR_WRITE: (HvCrInterceptControl.TrWrite, HvRegisterName.HvX64RegisterTr),
 }
+#: the same table keyed by register name, and as (control bit, SVM intercept bit) pairs
+_DT_WRITE_BY_NAME = {name: bit for bit, name in DT_WRITE_INTERCEPT.values()}
+_DT_WRITE_EXIT_BITS = tuple((int(bit), intercept_bit(code)) for code, (bit, _) in DT_WRITE_INTERCEPT.items())
+_DT_WRITE_BITS = sum(bit for bit, _ in _DT_WRITE_EXIT_BITS)
+_IRET_INTERCEPT = intercept_bit(SvmExit.IRET)
 NPIEP_BIT = {SvmExit.GDTR_READ: HvNpiepConfig.PreventSgdt, SvmExit.IDTR_READ: HvNpiepConfig.PreventSidt,
              SvmExit.LDTR_READ: HvNpiepConfig.PreventSldt, SvmExit.TR_READ: HvNpiepConfig.PreventStr}
 
@@ -284,15 +290,14 @@ class Vsm:
         higher VTL asked for."""
         value = self.p.base_intercept
         if vtl == self.active_vtl and self.mbec.split:
-            from ..x86.svm import intercept_bit as _bit
-            value |= _bit(SvmExit.IRET)
+            value |= _IRET_INTERCEPT
         higher = self.highest_enabled_above(vtl)
         if higher is not None:
             ctl = self.vtls[higher].cr_intercept_control
-            from ..x86.svm import intercept_bit
-            for code, (bit, _) in DT_WRITE_INTERCEPT.items():
-                if ctl & bit:
-                    value |= intercept_bit(code)
+            if ctl & _DT_WRITE_BITS:
+                for bit, exit_bit in _DT_WRITE_EXIT_BITS:
+                    if ctl & bit:
+                        value |= exit_bit
         return value
 
     def switch_to(self, target: int, reason: HvVtlEntryReason | None, message: bytes | None = None,
@@ -368,7 +373,7 @@ class Vsm:
         if not simp & 1:
             return
         gpa = simp & ~0xFFF & MASK64
-        if self.p.memory.contains(gpa, 256):
+        if self.p.memory.contains(gpa, HV_MESSAGE_SIZE):
             self.p.memory.write(gpa, message)
 
     @contextmanager
@@ -555,8 +560,7 @@ class Vsm:
         if higher is None:
             # a protection with nobody above to handle it cannot happen; report like hardware would
             return False
-        t = self.active
-        if access == HvInterceptAccessType.HV_INTERCEPT_ACCESS_EXECUTE and t.mbec:
+        if access == HvInterceptAccessType.HV_INTERCEPT_ACCESS_EXECUTE and self.active.mbec:
             cpl = vcpu.cpl()
             user = self.mbec.split and cpl == 3
             flags = self.protection(self.active_vtl, gpa)
@@ -564,11 +568,11 @@ class Vsm:
                 # the fetch faulted on the other mode's root before this exit's check moved the
                 # engine to the right one (a far RET to ring 3 has no exit): retry it
                 return True
-        if access == HvInterceptAccessType.HV_INTERCEPT_ACCESS_EXECUTE and t.mbec and self.mbec.split:
-            vcpu.security_event(
-                "mbec_execute", f"MBEC: {'user' if cpl == 3 else 'kernel'}-mode fetch at CPL {cpl} from GPA "
-                f"{gpa:#x} (protection {flags:#x}, no {'UX' if cpl == 3 else 'KX'}) in VTL{self.active_vtl} "
-                f"-> GpaIntercept to VTL{higher}", vtl=self.active_vtl, gpa=gpa, cpl=cpl)
+            if self.mbec.split:
+                vcpu.security_event(
+                    "mbec_execute", f"MBEC: {'user' if cpl == 3 else 'kernel'}-mode fetch at CPL {cpl} from GPA "
+                    f"{gpa:#x} (protection {flags:#x}, no {'UX' if cpl == 3 else 'KX'}) in VTL{self.active_vtl} "
+                    f"-> GpaIntercept to VTL{higher}", vtl=self.active_vtl, gpa=gpa, cpl=cpl)
         code = self._insn_bytes(vcpu)
         payload = self._header(access, 0) + struct.pack("<IBBBBQQ", 0, len(code), 0, 0, 0, 0, gpa) \
             + code.ljust(16, b"\0")
@@ -793,7 +797,7 @@ class Vsm:
         if not map_flags_valid(flags, self.active.partition_mbec):
             return HvStatus.HV_STATUS_INVALID_PARAMETER, 0, b""
         elems = call.data[16:]
-        done = 0
+        done = call.rep_start
         for i in range(call.rep_start, call.rep_count):
             if 8 * (i + 1) > len(elems):
                 raise HypercallError(HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT, done)
@@ -986,11 +990,7 @@ class Vsm:
         if name in _MSR_REGS:
             bit = MSR_WRITE_INTERCEPT.get(_MSR_REGS[name])
             return bool(bit is not None and ctl & bit)
-        table_bits = {HvRegisterName.HvX64RegisterGdtr: HvCrInterceptControl.GdtrWrite,
-                      HvRegisterName.HvX64RegisterIdtr: HvCrInterceptControl.IdtrWrite,
-                      HvRegisterName.HvX64RegisterLdtr: HvCrInterceptControl.LdtrWrite,
-                      HvRegisterName.HvX64RegisterTr: HvCrInterceptControl.TrWrite}
-        return bool(name in table_bits and ctl & table_bits[name])
+        return bool(ctl & _DT_WRITE_BY_NAME.get(name, 0))
 
     def set_register(self, vtl: int, name: int, value: int) -> None:
         v, t = self.vcpu, self.vtls[vtl]
