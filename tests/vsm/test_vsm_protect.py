@@ -192,3 +192,32 @@ def test_modify_protection_reports_reps_completed_from_rep_start():
     assert g.u64(SCRATCH) & 0xFFFF == HvStatus.HV_STATUS_INVALID_HYPERCALL_INPUT
     assert (g.u64(SCRATCH) >> 32) & 0xFFF == 2
     assert g.part.vsm.vtls[0].protections == {}                      # nothing was applied
+
+
+def test_translate_virtual_address_walks_with_the_target_vtls_protections():
+    """HvCallTranslateVirtualAddress with SetPageTableBits sets A/D bits as the target VTL's own walk
+    would: through its protections. VTL1 makes VTL0's page directory read-only for VTL0; translating a
+    never-touched 2 MiB page then reports GpaNoWriteAccess and leaves its accessed bit clear, while the
+    same translation without SetPageTableBits succeeds (the walk only reads). The page table is
+    asmguest's PT for 4-6 MiB, which VTL0 itself never walks."""
+    from vtlvisor.abi.hyperv import HV_VP_INDEX_SELF, HvTranslateGvaFlags, HvTranslateGvaResult
+    pt, gva = 0x4000, 0x400000                          # asmguest's PT for 4..6 MiB (PD entry 2)
+    translate = control(HvCallCode.HvCallTranslateVirtualAddress)
+    read = int(HvTranslateGvaFlags.ValidateRead)
+    g = VsmGuest(SETUP_VTL0 + ENABLE_VTL1 + vtl1_runs(2, MODIFY)
+                 + hypercall(translate, IN(3), OUT(3), slot=SCRATCH)
+                 + hypercall(translate, IN(4), OUT(4), slot=SCRATCH + 8))
+    g.part.memory.write_u64(pt, 0x700000 | 0x3)                      # present, writable, accessed bit clear
+    g.part.memory.write(IN(2), protect_input(0x1 | 0x4 | 0x8, [pt >> 12]))     # R + KX + UX, no W
+    g.part.memory.write(IN(3), struct.pack("<QIIQQ", 0xFFFFFFFFFFFFFFFF, HV_VP_INDEX_SELF, 0,
+                                           read | HvTranslateGvaFlags.SetPageTableBits, gva >> 12))
+    g.part.memory.write(IN(4), struct.pack("<QIIQQ", 0xFFFFFFFFFFFFFFFF, HV_VP_INDEX_SELF, 0, read, gva >> 12))
+    r = g.run()
+    assert r.exit_status == 1, g.part.vcpu.state_dump()
+    assert g.u64(V1LOG + 0x808) == 1 << 32                            # the protection was applied
+    assert g.u64(SCRATCH) & 0xFFFF == g.u64(SCRATCH + 8) & 0xFFFF == HvStatus.HV_STATUS_SUCCESS
+    with_bits = struct.unpack_from("<IIQ", g.part.memory.read(OUT(3), 16))
+    plain = struct.unpack_from("<IIQ", g.part.memory.read(OUT(4), 16))
+    assert with_bits[0] == HvTranslateGvaResult.GpaNoWriteAccess
+    assert not g.part.memory.read_u64(pt) & 0x20                          # accessed bit still clear
+    assert plain[0] == HvTranslateGvaResult.Success and plain[2] == 0x700

@@ -590,7 +590,10 @@ class Vsm:
             return b""
 
     def _check_access(self, gpa: int, size: int, write: bool) -> None:
-        t = self.vtls[self.active_vtl]
+        self._check_vtl_access(self.active_vtl, gpa, size, write)
+
+    def _check_vtl_access(self, vtl: int, gpa: int, size: int, write: bool) -> None:
+        t = self.vtls[vtl]
         prot, default = t.protections, int(t.default_mask)
         if not prot and default == ALL_ACCESS:
             return
@@ -871,10 +874,16 @@ class Vsm:
                      user=bool(flags & HvTranslateGvaFlags.UserAccess),
                      fetch=bool(flags & HvTranslateGvaFlags.ValidateExecute))
         result, gpa = HvTranslateGvaResult.Success, 0
+        # the walk reads (and with SetPageTableBits writes) the target VTL's page tables as that VTL
+        # would: through its protections, so it cannot set A/D bits in tables a higher VTL made read-only
+        tables = ProtectedView(self.p.memory, lambda a, n, w: self._check_vtl_access(target, a, n, w))
         with self.viewing(target):
             try:
-                gpa = walk(self.p.memory, vcpu.paging_mode(), gva_page << 12, acc,
+                gpa = walk(tables, vcpu.paging_mode(), gva_page << 12, acc,
                            set_ad=bool(flags & HvTranslateGvaFlags.SetPageTableBits))
+            except AccessDenied as denied:
+                result = (HvTranslateGvaResult.GpaNoWriteAccess if denied.write
+                          else HvTranslateGvaResult.GpaNoReadAccess)
             except PageFault as pf:
                 result = (HvTranslateGvaResult.PageNotPresent if not pf.error_code & 1
                           else HvTranslateGvaResult.InvalidPageTableFlags if pf.error_code & 8
