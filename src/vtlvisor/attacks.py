@@ -60,22 +60,52 @@ class Row:
     without: RunOutcome
     with_: RunOutcome
     expect: str = ""
+    expect_guest: str = ""
+
+    def problems(self) -> list[str]:
+        """Why the row does not prove its protection (empty: it does). The attack must succeed without the
+        protection and be blocked with it; the expected evidence must be in the blocked run and not in the
+        unblocked one (else it names something other than the protection under test)."""
+        w, b = self.without, self.with_
+        out = []
+        if w.outcome != "SUCCEEDED":
+            out.append(f"without: {w.outcome} {w.line}")
+        if b.outcome != "BLOCKED":
+            out.append(f"with: {b.outcome} {b.line}")
+        if self.expect:
+            if not any(re.search(self.expect, e) for e in b.evidence):
+                out.append(f"with: no evidence matches {self.expect!r}: {b.evidence}")
+            if any(re.search(self.expect, e) for e in w.evidence):
+                out.append(f"without: evidence matches {self.expect!r} too: {w.evidence}")
+        if self.expect_guest:
+            if not b.guest_evidence:
+                out.append(f"with: no guest line matches {self.expect_guest!r}")
+            if w.guest_evidence:
+                out.append(f"without: guest lines match {self.expect_guest!r} too: {w.guest_evidence}")
+        if not (b.evidence or b.guest_evidence):
+            out.append("with: blocked without evidence")
+        return out
 
     @property
     def ok(self) -> bool:
-        return (self.without.outcome == "SUCCEEDED" and self.with_.outcome == "BLOCKED"
-                and bool(self.with_.evidence or self.with_.guest_evidence))
+        return not self.problems()
+
+
+#: the CR-pinning evidence (hv/crpin.py) of the test kernel's rows
+_CR4_BLOCKED = r"^CR4 write 0x[0-9a-f]+->0x[0-9a-f]+ blocked at RIP "
 
 
 def catalogue() -> list[Attack]:
     tk = str(GUEST / "testkernel.elf")
     rows = [
         Attack("smep", "CR pinning (CR4.SMEP)", "LKDTM UNSET_SMEP: mov %rdi,%cr4 gadget, then a user page run in ring 0",
-               tk, {"append": "attack=smep crpin=off"}, {"append": "attack=smep"}),
+               tk, {"append": "attack=smep crpin=off"}, {"append": "attack=smep"}, expect=_CR4_BLOCKED),
         Attack("wp", "CR pinning (CR0.WP)", "clear CR0.WP, then write read-only kernel text",
-               tk, {"append": "attack=wp crpin=off"}, {"append": "attack=wp"}),
+               tk, {"append": "attack=wp crpin=off"}, {"append": "attack=wp"},
+               expect=r"^CR0 write 0x[0-9a-f]+->0x[0-9a-f]+ blocked at RIP "),
         Attack("smep-host", "CR pinning offered by the host", "as smep; the host hides the feature (--no-cr-pin)",
-               tk, {"append": "attack=smep", "cr_pin": False}, {"append": "attack=smep"}, program="smep"),
+               tk, {"append": "attack=smep", "cr_pin": False}, {"append": "attack=smep"}, program="smep",
+               expect=_CR4_BLOCKED),
     ]
     extra = GUEST / "attacks.json"           # further attacks contributed by the reference guest build
     if extra.exists():
@@ -94,6 +124,7 @@ _START = re.compile(rb"^\s*attack: ", re.M)
 
 def run_one(attack: Attack, with_protection: bool, trace_dir: str | None = None) -> RunOutcome:
     from .hv.partition import Partition, PartitionConfig
+    from .hv.stop import StopReason
     from .trace import ChromeTracer
     spec = dict(attack.with_ if with_protection else attack.without)
     append = spec.pop("append", "")
@@ -102,7 +133,8 @@ def run_one(attack: Attack, with_protection: bool, trace_dir: str | None = None)
 
     def serial(data: bytes) -> None:
         out.extend(data)
-        if not mark and (m := _START.search(out)):
+        # called per byte: search only the line the new data is on, not all the output so far
+        if not mark and (m := _START.search(out, out.rfind(b"\n", 0, len(out) - len(data)) + 1)):
             mark.extend((part.vcpu.security.count, m.start()))
     try:
         part = Partition(PartitionConfig(memory=spec.pop("memory", 64 << 20), serial=serial, **spec))
@@ -124,8 +156,10 @@ def run_one(attack: Attack, with_protection: bool, trace_dir: str | None = None)
     if tracer and trace_dir:
         trace_file = str(Path(trace_dir) / f"{attack.name}-{'with' if with_protection else 'without'}.json")
         tracer.write(trace_file)
-    if m is None:
-        return RunOutcome("ERROR", f"no ATTACK line (stop: {result.reason.value} {result.detail[:80]})",
+    if m is None or result.reason == StopReason.INTERNAL_ERROR:
+        # a verdict followed by a hypervisor bug proves nothing either
+        why = "no ATTACK line" if m is None else f"{m.group(0).strip()}, then"
+        return RunOutcome("ERROR", f"{why} (stop: {result.reason.value} {result.detail[:80]})",
                           evidence, result.exit_status, trace_file, guest, guest_ev)
     return RunOutcome(m.group(2), m.group(0).strip(), evidence, result.exit_status, trace_file, guest, guest_ev)
 
@@ -150,7 +184,8 @@ def run_matrix(only: str | None = None, trace_dir: str | None = None, jobs: int 
             results[(a.name, w)] = res
             if progress:
                 progress(f"{a.name:<14} {'with' if w else 'without':<8} {res.outcome}")
-    return [Row(a.name, a.protection, results[(a.name, False)], results[(a.name, True)], a.expect) for a in attacks]
+    return [Row(a.name, a.protection, results[(a.name, False)], results[(a.name, True)], a.expect, a.expect_guest)
+            for a in attacks]
 
 
 def _clip(text: str, n: int) -> str:

@@ -15,6 +15,7 @@ from domguest import (
     GP,
     I_CR4,
     IMM,
+    M64,
     MEM,
     PAGE_A,
     PIN_CR4,
@@ -31,7 +32,7 @@ from domguest import (
     ret,
 )
 
-from vtlvisor.abi.domains import EBADF, EINVAL, EPERM, CapRights, CapType
+from vtlvisor.abi.domains import EBADF, EINVAL, EPERM, CapRights, CapType, DomainReg
 from vtlvisor.abi.domains import DomainHypercall as H
 from vtlvisor.errors import ConfigError
 from vtlvisor.hv.domains import Policy
@@ -213,3 +214,44 @@ def test_policy_file_limits_the_boot_domain(tmp_path):
         p.write_text(bad)
         with pytest.raises(ConfigError, match=msg):
             Policy.load(str(p), 16 << 20)
+
+
+def _chain(first: str, links: int, tail_to: int, label: str) -> str:
+    """Delegate the capability `first` to oneself `links` times (each copy derived from the last), then
+    the last copy to the domain named by handle `tail_to`."""
+    def deleg(recipient: str) -> str:
+        return (f"mov rax, {H.CAP_DELEGATE:#x}\nmov rbx, r12\nmov rcx, {recipient}\nmov edx, {R | DEL}\n"
+                "xor esi, esi\n.byte 0x0f, 0x01, 0xd9\n")
+    return (f"mov r12, {first}\nmov r13, {links}\n{label}:\n" + deleg("0") + "mov r12, rax\ndec r13\n"
+            f"jnz {label}\n" + deleg(str(tail_to)))
+
+
+def test_revoking_a_derivation_chain_deeper_than_pythons_recursion_limit():
+    """Five domains pass a MEMORY capability along a chain of ~1240 derivations; revoking the root is an
+    ordinary hypercall (it once recursed once per link: RecursionError, an internal error of the run)."""
+    # D1-D4 run the same code: slot 1 names the next domain (D4's names D0), slot 2 is the chain so far
+    g = DomGuest("".join(kvm(H.DOMAIN_CREATE, D1_CODE, D1_STACK) for _ in range(4))      # handles 10-13
+                 + kvm(H.CAP_DELEGATE, 11, 10, 0) + kvm(H.CAP_DELEGATE, 12, 11, 0)
+                 + kvm(H.CAP_DELEGATE, 13, 12, 0) + kvm(H.CAP_DELEGATE, SELF, 13, 0)
+                 + _chain(str(MEM), 240, 10, "d0") + "".join(call(h) for h in (10, 11, 12, 13))
+                 + kvm(H.CAP_QUERY, 254, slot=S)              # the chain's end, back in D0's table (slot 254)
+                 + kvm(H.CAP_REVOKE, MEM, slot=S + 8),
+                 d1=_chain("2", 250, 1, "dk") + ret())
+    r = g.run(timeout=60)
+    assert r.exit_status == 1, (r, g.part.vcpu.state_dump())
+    dm = g.part.domains
+    assert g.u64(S) & 0xFF == CapType.MEMORY and g.u64(S + 8) == 0
+    # only the roots survive: the policy's 10, D0's 4 domain handles, D1-D4's own names and next-domain names
+    assert len(dm.caps) == 10 + 4 + 4 + 4 and dm.lookup(MEM).children == []
+
+
+def test_regs_set_refuses_a_cr3_with_reserved_bits():
+    """REGS_SET CR3 refuses what MOV CR3 refuses: bits above MAXPHYADDR (it once stored them, and the callee's
+    first page walk machine-checked the whole partition)."""
+    g = DomGuest(CREATE_D1 + kvm(H.REGS_SET, D1H, DomainReg.CR3, M64 & ~0xFFF, slot=S)
+                 + kvm(H.REGS_SET, D1H, DomainReg.CR3, 1 << 40, slot=S + 8) + call(D1H),
+                 d1=f"mov qword ptr [{S + 16:#x}], 1\n" + ret())
+    r = g.run()
+    assert r.exit_status == 1, (r, g.part.vcpu.state_dump())
+    assert [g.u64(S + o) for o in (0, 8, 16)] == [neg(EINVAL), neg(EINVAL), 1]
+    assert any("REGS_SET" in line and "MAXPHYADDR" in line for line in g.part.vcpu.security.lines())

@@ -44,6 +44,7 @@ from ..abi.kvm_pv import CR0_PINNABLE, CR4_PINNABLE
 from ..errors import ConfigError
 from ..x86.arch import MSR, Vector, canonical
 from ..x86.events import Event, EventKind
+from ..x86.paging import MAXPHYADDR
 from ..x86.svm import SvmExit, intercept_bit
 from . import contexts
 from .crpin import PinError
@@ -85,7 +86,6 @@ class Cap:
     parent: int | None = None
     children: list[int] = field(default_factory=list)
     slot: int = 0
-    alive: bool = True
 
 
 @dataclass
@@ -287,21 +287,28 @@ class Domains:
         return cap
 
     def _destroy(self, cap_id: int) -> None:
-        cap = self.caps.pop(cap_id)
-        for child in list(cap.children):
-            if child in self.caps:
-                self._destroy(child)
-        cap.alive = False
-        d = self.domains.get(cap.owner)
-        if d is not None and d.slots[cap.slot] == cap_id:
-            d.slots[cap.slot] = None
-            d.gens[cap.slot] = (d.gens[cap.slot] + 1) & 0xFFFF      # the old handle is now stale
-        if cap.parent is not None and cap.parent in self.caps:
-            self.caps[cap.parent].children.remove(cap_id)
-        if cap.type == CapType.INTERCEPT:
+        """Delete a capability and everything derived from it. Iterative: a guest can build a derivation
+        chain thousands deep (16 domains x 256 slots), deeper than Python's recursion limit."""
+        root = self.caps[cap_id]
+        if root.parent is not None and root.parent in self.caps:
+            self.caps[root.parent].children.remove(cap_id)
+        dead: list[Cap] = []
+        todo = [cap_id]
+        while todo:
+            cap = self.caps.pop(todo.pop(), None)
+            if cap is None:
+                continue
+            dead.append(cap)
+            todo.extend(cap.children)
+            d = self.domains.get(cap.owner)
+            if d is not None and d.slots[cap.slot] == cap.id:
+                d.slots[cap.slot] = None
+                d.gens[cap.slot] = (d.gens[cap.slot] + 1) & 0xFFFF      # the old handle is now stale
+        for cap in dead:
+            if cap.type != CapType.INTERCEPT:
+                continue
             key = (cap.param0, cap.param1)
-            if not any(c.type == CapType.INTERCEPT and (c.param0, c.param1) == key for c in self.holds(cap.owner,
-                                                                                                        CapType.INTERCEPT)):
+            if not any((c.param0, c.param1) == key for c in self.holds(cap.owner, CapType.INTERCEPT)):
                 for dom in self.domains.values():
                     if dom.intercepted_by.get(key) == cap.owner:
                         del dom.intercepted_by[key]
@@ -507,6 +514,9 @@ class Domains:
                     vcpu._vsm_bypass = False
             elif name == "rip" and not canonical(value):
                 raise HcError(EINVAL)
+            elif name == "cr3" and value >> MAXPHYADDR:
+                # reserved bits: MOV CR3 would #GP (the victim's next page walk would machine-check)
+                raise HcError(EINVAL, f"CR3 {value:#x} sets bits above MAXPHYADDR")
             else:
                 vcpu.set_reg(name, value | (2 if name == "rflags" else 0))
         return 0

@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 Handler = Callable[["Vcpu", int, int, int, int], int]
 MASK64 = 0xFFFFFFFFFFFFFFFF
+_DOMAIN_CALLS = frozenset(DomainHypercall)
+_KVM_ERRNOS = frozenset(KvmErrno)
 
 
 class KvmInterface:
@@ -54,15 +56,16 @@ class KvmInterface:
         if not vcpu.engine.code64():
             nr &= 0xFFFFFFFF
             args = [a & 0xFFFFFFFF for a in args]
-        if vcpu.cpl() != 0:
+        cpl = vcpu.cpl()
+        if cpl != 0:
             ret = -KvmErrno.KVM_EPERM
         else:
             h = self.handlers.get(nr)
             ret = -KvmErrno.KVM_ENOSYS if h is None else h(vcpu, *args)
         # refusals of the domain hypercalls are recorded by hv/domains.py, with their reasons
-        if vcpu.cpl() != 0 or ret < 0 and nr in self.handlers and nr not in DomainHypercall._value2member_map_:
-            err = KvmErrno(-ret).name if -ret in KvmErrno._value2member_map_ else str(-ret)
-            vcpu.security_event("refused_hypercall", f"KVM hypercall {nr} at CPL {vcpu.cpl()} -> -{err}",
+        if cpl != 0 or ret < 0 and nr in self.handlers and nr not in _DOMAIN_CALLS:
+            err = KvmErrno(-ret).name if -ret in _KVM_ERRNOS else str(-ret)
+            vcpu.security_event("refused_hypercall", f"KVM hypercall {nr} at CPL {cpl} -> -{err}",
                                 nr=nr, ret=ret)
         if vcpu.hooks.trace:
             vcpu.hooks.trace("hypercall", {"abi": "kvm", "nr": nr, "ret": ret})
