@@ -187,17 +187,22 @@ def gate_asm(vec: int, label: str, dpl: int = 0) -> str:
     """
 
 
-def transitions_kernel(handlers: str) -> str:
-    """Kernel asm: STAR/LSTAR, gates for INT 0x80 / #BP (DPL 3) and #DE, the LAPIC timer, then ring 3."""
-    return SMEP_ON + gate_asm(0x80, "h_int80", 3) + gate_asm(BP, "h_bp", 3) + gate_asm(DE, "h_de") + f"""
+# STAR (kernel CS 0x08, user base 0x18) and LSTAR -> the label sys_entry
+SYSCALL_MSRS = """
         mov ecx, 0xC0000081
         xor eax, eax
-        mov edx, {(0x18 << 16) | 0x08:#x}
+        mov edx, 0x180008
         wrmsr
         mov ecx, 0xC0000082
         lea rax, [rip + sys_entry]
         xor edx, edx
         wrmsr
+"""
+
+
+def transitions_kernel(handlers: str) -> str:
+    """Kernel asm: STAR/LSTAR, gates for INT 0x80 / #BP (DPL 3) and #DE, the LAPIC timer, then ring 3."""
+    return SMEP_ON + gate_asm(0x80, "h_int80", 3) + gate_asm(BP, "h_bp", 3) + gate_asm(DE, "h_de") + SYSCALL_MSRS + """
         mov rbx, 0xfee00000
         mov dword ptr [rbx+0xf0], 0x1ff
         mov dword ptr [rbx+0x3e0], 0xb
@@ -383,16 +388,7 @@ def test_sysexit_from_compatibility_mode_is_trapped_and_emulated():
 def test_sysret_straddling_a_page_boundary_is_still_emulated():
     # SYSRET (32-bit operand: CS 0x1b, compatibility mode) whose 0f 07 straddles P+0x1000: the
     # trap's #UD must be recognised from both pages, not delivered to the guest as a #UD
-    kernel = SMEP_ON + f"""
-        mov ecx, 0xC0000081
-        xor eax, eax
-        mov edx, {(0x18 << 16) | 0x08:#x}
-        wrmsr
-        mov ecx, 0xC0000082
-        lea rax, [rip + sys_entry]
-        xor edx, edx
-        wrmsr
-    """ + resume("done") + to_user() + f"""
+    kernel = SMEP_ON + SYSCALL_MSRS + resume("done") + to_user() + f"""
         jmp done
     sys_entry:
         mov rax, {P + 0xFFF:#x}
